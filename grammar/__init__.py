@@ -1,0 +1,1 @@
+"""The pattern language's grammar (``pattern.lark``), shipped as package data."""

@@ -1,0 +1,1 @@
+"""Triton kernels for block-sparse FlashAttention (installed as ``sparseflash.kernels``)."""

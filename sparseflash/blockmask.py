@@ -1,0 +1,426 @@
+"""Pattern -> block mask, without ever building a q_len x kv_len mask.
+
+A ``BlockMask`` tells the kernels, for a tile of ``block_m`` queries by ``block_n`` keys, which
+blocks to skip (empty), which to run with no mask code (full) and which to mask (partial), and
+gives the partial blocks' element masks. The compiler works in four steps, each growing with the
+number of non-empty blocks only:
+
+1. ``pattern.candidate_blocks``: a superset of the non-empty blocks, from the formulas.
+2. ``pattern.block_class``: each candidate is empty, partial or full (interval arithmetic).
+3. Partial blocks are grouped by ``pattern.tile_key`` (blocks with equal keys have equal tiles);
+   each distinct tile is computed once from the exact predicate. A tile that turns out all-false is
+   dropped, one that is all-true with no padding becomes full: the final classes are exact.
+4. The lists are laid out as CSR rows (per query block, for the forward and dQ passes) and CSR
+   columns (per key block, for dK/dV), all int32, in one buffer moved to the device in one copy.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .parsing import parse
+from .pattern import EMPTY, FULL, PARTIAL, Dense, Pattern, TileGeometry
+
+# Tiles are computed this many at a time, bounding the temporary arrays to ~64 MB.
+_TILES_PER_BATCH = 256
+
+
+@dataclass(frozen=True, eq=False)
+class BlockMask:
+    """Which (query block, key block) pairs the kernels run, and how.
+
+    Blocks: query block ``m`` holds queries ``[m*block_m, (m+1)*block_m)``, key block ``n`` keys
+    ``[n*block_n, (n+1)*block_n)``, the last of each possibly cut short by the sequence end (a
+    block with such padding is never *full*).
+
+    Per query block ``m`` (forward and dQ passes), CSR over ``n_q_blocks`` rows, ascending ``n``:
+
+    - ``full_kv_offsets`` int32 ``(n_q_blocks + 1,)``, ``full_kv_indices`` int32 ``(n_full,)``:
+      the full blocks of row ``m`` are ``full_kv_indices[full_kv_offsets[m]:full_kv_offsets[m+1]]``.
+    - ``partial_kv_offsets``, ``partial_kv_indices``: the same for partial blocks, and
+      ``partial_kv_tiles`` int32 ``(n_partial,)``: each partial block's index into ``tiles``.
+
+    Per key block ``n`` (dK/dV pass), CSR over ``n_kv_blocks`` columns, ascending ``m``:
+    ``full_q_offsets``, ``full_q_indices``, ``partial_q_offsets``, ``partial_q_indices``,
+    ``partial_q_tiles``.
+
+    ``tiles`` uint8 ``(n_tiles, block_m, block_n)``: the distinct element masks of partial blocks,
+    1 where the pair is allowed, 0 where it is not or lies past the sequence end.
+
+    ``is_dense`` is set for the pattern ``dense``: the kernels then read no lists at all.
+    """
+
+    pattern: Pattern | None
+    q_len: int
+    kv_len: int
+    block_m: int
+    block_n: int
+    full_kv_offsets: torch.Tensor
+    full_kv_indices: torch.Tensor
+    partial_kv_offsets: torch.Tensor
+    partial_kv_indices: torch.Tensor
+    partial_kv_tiles: torch.Tensor
+    full_q_offsets: torch.Tensor
+    full_q_indices: torch.Tensor
+    partial_q_offsets: torch.Tensor
+    partial_q_indices: torch.Tensor
+    partial_q_tiles: torch.Tensor
+    tiles: torch.Tensor
+    allowed_pairs: int
+    is_dense: bool = False
+
+    # ------------------------------------------------------------------------------------- shape
+    @property
+    def n_q_blocks(self) -> int:
+        return -(-self.q_len // self.block_m)
+
+    @property
+    def n_kv_blocks(self) -> int:
+        return -(-self.kv_len // self.block_n)
+
+    @property
+    def device(self) -> torch.device:
+        return self.tiles.device
+
+    @property
+    def full_kv_counts(self) -> torch.Tensor:
+        """int32 ``(n_q_blocks,)``: full blocks per query block."""
+        return (self.full_kv_offsets[1:] - self.full_kv_offsets[:-1]).to(torch.int32)
+
+    @property
+    def partial_kv_counts(self) -> torch.Tensor:
+        """int32 ``(n_q_blocks,)``: partial blocks per query block."""
+        return (self.partial_kv_offsets[1:] - self.partial_kv_offsets[:-1]).to(torch.int32)
+
+    @property
+    def n_full(self) -> int:
+        return int(self.full_kv_indices.numel())
+
+    @property
+    def n_partial(self) -> int:
+        return int(self.partial_kv_indices.numel())
+
+    # ------------------------------------------------------------------------------------ summaries
+    def to_dense(self) -> torch.Tensor:
+        """int8 ``(n_q_blocks, n_kv_blocks)`` on the CPU: 0 empty, 1 partial, 2 full."""
+        grid = torch.zeros(self.n_q_blocks, self.n_kv_blocks, dtype=torch.int8)
+        for offsets, indices, value in (
+            (self.full_kv_offsets, self.full_kv_indices, FULL),
+            (self.partial_kv_offsets, self.partial_kv_indices, PARTIAL),
+        ):
+            counts = (offsets[1:] - offsets[:-1]).cpu().long()
+            rows = torch.repeat_interleave(torch.arange(self.n_q_blocks), counts)
+            grid[rows, indices.cpu().long()] = value
+        return grid
+
+    def to_dense_mask(self) -> torch.Tensor:
+        """bool ``(q_len, kv_len)``: the element mask the kernels apply. For small sizes and tests."""
+        grid = self.to_dense()
+        padded = torch.zeros(self.n_q_blocks * self.block_m, self.n_kv_blocks * self.block_n, dtype=torch.bool)
+        view = padded.view(self.n_q_blocks, self.block_m, self.n_kv_blocks, self.block_n)
+        view.permute(0, 2, 1, 3)[grid == FULL] = True
+        counts = (self.partial_kv_offsets[1:] - self.partial_kv_offsets[:-1]).cpu().long()
+        rows = torch.repeat_interleave(torch.arange(self.n_q_blocks), counts)
+        cols = self.partial_kv_indices.cpu().long()
+        tiles = self.tiles.cpu()[self.partial_kv_tiles.cpu().long()].bool()
+        view.permute(0, 2, 1, 3)[rows, cols] = tiles
+        return padded[: self.q_len, : self.kv_len].clone()
+
+    def density(self) -> float:
+        """Fraction of (query, key) pairs the pattern allows."""
+        return self.allowed_pairs / (self.q_len * self.kv_len)
+
+    def block_density(self) -> float:
+        """Fraction of blocks that are not empty (full or partial)."""
+        return (self.n_full + self.n_partial) / (self.n_q_blocks * self.n_kv_blocks)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the mask's tensors."""
+        tensors = (
+            self.full_kv_offsets, self.full_kv_indices, self.partial_kv_offsets, self.partial_kv_indices,
+            self.partial_kv_tiles, self.full_q_offsets, self.full_q_indices, self.partial_q_offsets,
+            self.partial_q_indices, self.partial_q_tiles, self.tiles,
+        )  # fmt: skip
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def to(self, device) -> BlockMask:
+        """The same mask with its tensors on ``device``."""
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in fields.items()}
+        return BlockMask(**moved)
+
+    def __str__(self) -> str:
+        head = (
+            f"BlockMask({self.pattern if self.pattern is not None else 'custom'}, q_len={self.q_len}, "
+            f"kv_len={self.kv_len}, block={self.block_m}x{self.block_n}, density={self.density():.2%}, "
+            f"blocks={self.block_density():.2%})"
+        )
+        return head + "\n" + ascii_grid(self.to_dense(), max_rows=32, max_cols=64)
+
+    __repr__ = __str__
+
+
+# ---------------------------------------------------------------------------------------- pictures
+
+_GLYPHS = {EMPTY: " ", PARTIAL: "░", FULL: "█"}
+
+
+def reduce_grid(grid: torch.Tensor, max_rows: int, max_cols: int) -> torch.Tensor:
+    """Shrink a block-class grid to at most ``max_rows x max_cols`` cells, each keeping the
+    strongest class (full > partial > empty) of the blocks it covers."""
+    rows, cols = grid.shape
+    row_step, col_step = -(-rows // max(max_rows, 1)), -(-cols // max(max_cols, 1))
+    if row_step == 1 and col_step == 1:
+        return grid
+    padded = torch.zeros(-(-rows // row_step) * row_step, -(-cols // col_step) * col_step, dtype=grid.dtype)
+    padded[:rows, :cols] = grid
+    return padded.view(padded.shape[0] // row_step, row_step, padded.shape[1] // col_step, col_step).amax(dim=(1, 3))
+
+
+def ascii_grid(grid: torch.Tensor, max_rows: int = 32, max_cols: int = 64) -> str:
+    """Block classes as text: █ full, ░ partial, blank empty, one character per (reduced) block."""
+    reduced = reduce_grid(grid, max_rows, max_cols)
+    return "\n".join("".join(_GLYPHS[int(v)] for v in row).rstrip() for row in reduced.tolist())
+
+
+# ---------------------------------------------------------------------------------------- compiler
+
+
+def _classify(pattern: Pattern, geometry: TileGeometry):
+    """Non-empty blocks of the pattern as sorted (rows, cols, classes), before tile refinement."""
+    rows, cols = pattern.candidate_blocks(geometry)
+    classes = pattern.block_class(geometry, rows, cols)
+    keep = classes != EMPTY
+    rows, cols, classes = rows[keep], cols[keep], classes[keep].astype(np.int8)
+    # Classes describe the valid region; a block that reaches past a sequence end needs the
+    # kernel's masking all the same, so it is partial (its tile is 0 on the padding).
+    padded = ((rows + 1) * geometry.block_m > geometry.q_len) | ((cols + 1) * geometry.block_n > geometry.kv_len)
+    classes[padded & (classes == FULL)] = PARTIAL
+    return rows, cols, classes
+
+
+def _compute_tiles(pattern: Pattern, geometry: TileGeometry, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """bool ``(len(rows), block_m, block_n)``: the exact element masks of the given blocks."""
+    bm, bn = geometry.block_m, geometry.block_n
+    r = np.arange(bm, dtype=np.int64)[None, :, None]
+    c = np.arange(bn, dtype=np.int64)[None, None, :]
+    out = np.empty((rows.size, bm, bn), dtype=bool)
+    for start in range(0, rows.size, _TILES_PER_BATCH):
+        batch_rows, batch_cols = rows[start : start + _TILES_PER_BATCH], cols[start : start + _TILES_PER_BATCH]
+        first_q = batch_rows * bm
+        first_k = batch_cols * bn
+        p = (first_q + geometry.offset)[:, None, None] + r
+        j = first_k[:, None, None] + c
+        valid = ((first_q[:, None, None] + r) < geometry.q_len) & (j < geometry.kv_len)
+        out[start : start + batch_rows.size] = np.asarray(pattern.allowed(p, j)) & valid
+    return out
+
+
+def _refine_partial(pattern: Pattern, geometry: TileGeometry, rows, cols, classes):
+    """Compute each distinct partial tile once; drop all-false blocks, promote all-true unpadded ones.
+
+    Returns (rows, cols, classes, tile_of_block, tiles) where ``tile_of_block`` is -1 for full blocks.
+    """
+    partial = np.flatnonzero(classes == PARTIAL)
+    tile_of_block = np.full(rows.size, -1, dtype=np.int64)
+    bm, bn = geometry.block_m, geometry.block_n
+    if partial.size == 0:
+        return rows, cols, classes, tile_of_block, np.zeros((0, bm, bn), dtype=bool)
+    p_rows, p_cols = rows[partial], cols[partial]
+    first_q, first_k = p_rows * bm, p_cols * bn
+    valid_rows = np.minimum(geometry.q_len - first_q, bm)
+    valid_cols = np.minimum(geometry.kv_len - first_k, bn)
+    keys = np.concatenate(
+        [valid_rows[:, None], valid_cols[:, None], pattern.tile_key(geometry, first_q + geometry.offset, first_k)],
+        axis=1,
+    )
+    _, representative, key_index = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    key_index = key_index.reshape(-1)
+    tiles = _compute_tiles(pattern, geometry, p_rows[representative], p_cols[representative])
+    population = tiles.sum(axis=(1, 2))
+    padded = (valid_rows < bm) | (valid_cols < bn)
+    tile_empty = population[key_index] == 0
+    tile_full = (population[key_index] == bm * bn) & ~padded
+    classes = classes.copy()
+    classes[partial[tile_empty]] = EMPTY
+    classes[partial[tile_full]] = FULL
+    # Keep only the tiles that some block still uses, renumbered densely.
+    still_partial = ~tile_empty & ~tile_full
+    used = np.unique(key_index[still_partial])
+    renumber = np.full(tiles.shape[0], -1, dtype=np.int64)
+    renumber[used] = np.arange(used.size)
+    tile_of_block[partial[still_partial]] = renumber[key_index[still_partial]]
+    keep = classes != EMPTY
+    return rows[keep], cols[keep], classes[keep], tile_of_block[keep], tiles[used]
+
+
+def _csr(major: np.ndarray, minor: np.ndarray, n_major: int):
+    """Offsets and minor indices sorted by (major, minor)."""
+    order = np.lexsort((minor, major))
+    offsets = np.zeros(n_major + 1, dtype=np.int64)
+    np.cumsum(np.bincount(major, minlength=n_major), out=offsets[1:])
+    return offsets, order
+
+
+def _allowed_pairs(geometry: TileGeometry, rows, cols, classes, tile_of_block, tiles) -> int:
+    full = classes == FULL
+    _, row_last = geometry.row_positions(rows[full])
+    row_count = row_last - (rows[full] * geometry.block_m + geometry.offset) + 1
+    _, col_last = geometry.col_positions(cols[full])
+    col_count = col_last - cols[full] * geometry.block_n + 1
+    tile_population = tiles.sum(axis=(1, 2))
+    return int((row_count * col_count).sum() + tile_population[tile_of_block[~full]].sum())
+
+
+def _build(pattern: Pattern, geometry: TileGeometry, device: torch.device) -> BlockMask:
+    rows, cols, classes = _classify(pattern, geometry)
+    rows, cols, classes, tile_of_block, tiles = _refine_partial(pattern, geometry, rows, cols, classes)
+    parts = []
+    for kind in (FULL, PARTIAL):
+        selected = classes == kind
+        block_rows, block_cols, block_tiles = rows[selected], cols[selected], tile_of_block[selected]
+        row_offsets, by_row = _csr(block_rows, block_cols, geometry.n_q_blocks)
+        col_offsets, by_col = _csr(block_cols, block_rows, geometry.n_kv_blocks)
+        parts.append((row_offsets, block_cols[by_row], block_tiles[by_row], col_offsets, block_rows[by_col], block_tiles[by_col]))
+    (f_row_off, f_row_idx, _, f_col_off, f_col_idx, _), (p_row_off, p_row_idx, p_row_tile, p_col_off, p_col_idx, p_col_tile) = parts
+    arrays = [f_row_off, f_row_idx, p_row_off, p_row_idx, p_row_tile, f_col_off, f_col_idx, p_col_off, p_col_idx, p_col_tile]
+    # One host buffer and one copy: on a GPU each separate copy would cost a launch and a sync.
+    flat = torch.from_numpy(np.concatenate(arrays).astype(np.int32))
+    flat = flat.to(device) if device.type != "cpu" else flat
+    views = torch.split(flat, [a.size for a in arrays])
+    tile_tensor = torch.from_numpy(tiles.astype(np.uint8))
+    tile_tensor = tile_tensor.to(device) if device.type != "cpu" else tile_tensor
+    return BlockMask(
+        pattern=pattern,
+        q_len=geometry.q_len,
+        kv_len=geometry.kv_len,
+        block_m=geometry.block_m,
+        block_n=geometry.block_n,
+        full_kv_offsets=views[0],
+        full_kv_indices=views[1],
+        partial_kv_offsets=views[2],
+        partial_kv_indices=views[3],
+        partial_kv_tiles=views[4],
+        full_q_offsets=views[5],
+        full_q_indices=views[6],
+        partial_q_offsets=views[7],
+        partial_q_indices=views[8],
+        partial_q_tiles=views[9],
+        tiles=tile_tensor,
+        allowed_pairs=_allowed_pairs(geometry, rows, cols, classes, tile_of_block, tiles),
+        is_dense=isinstance(pattern, Dense),
+    )
+
+
+class _MaskCache:
+    """A small LRU of compiled masks keyed by (canonical pattern, sizes, tiles, device)."""
+
+    def __init__(self, capacity: int = 64):
+        self.capacity = capacity
+        self._entries: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_or_build(self, key, build):
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return self._entries[key]
+        mask = build()
+        with self._lock:
+            self._entries[key] = mask
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+        return mask
+
+    def clear(self):
+        with self._lock:
+            self._entries.clear()
+
+
+_CACHE = _MaskCache()
+
+
+def _check_sizes(q_len, kv_len, block_m, block_n):
+    for name, value in (("q_len", q_len), ("kv_len", kv_len), ("block_m", block_m), ("block_n", block_n)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"compile_mask: {name} must be a positive integer, got {value!r}")
+
+
+def compile_mask(
+    pattern: str | Pattern,
+    q_len: int,
+    kv_len: int | None = None,
+    *,
+    block_m: int = 128,
+    block_n: int = 128,
+    device=None,
+) -> BlockMask:
+    """Compile a pattern into a :class:`BlockMask` for ``q_len`` queries and ``kv_len`` keys.
+
+    ``kv_len`` defaults to ``q_len``. Time and memory grow with the number of non-empty blocks,
+    never with ``q_len * kv_len``. Results are cached by (canonical pattern, q_len, kv_len,
+    block_m, block_n, device): ``local(256)+global(4)`` and ``global(4) + local(256)`` share an entry.
+    """
+    pattern = parse(pattern)
+    kv_len = q_len if kv_len is None else kv_len
+    _check_sizes(q_len, kv_len, block_m, block_n)
+    device = torch.device(device if device is not None else "cpu")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    geometry = TileGeometry(int(q_len), int(kv_len), int(block_m), int(block_n))
+    key = (str(pattern), geometry, str(device))
+    return _CACHE.get_or_build(key, lambda: _build(pattern, geometry, device))
+
+
+def mask_from_dense(mask: torch.Tensor, *, block_m: int = 128, block_n: int = 128, device=None) -> BlockMask:
+    """A :class:`BlockMask` from an explicit bool ``(q_len, kv_len)`` mask (any mask you can build).
+
+    This reads every element, so it is for masks that fit in memory; patterns go through
+    :func:`compile_mask`, which never builds one.
+    """
+    if mask.dim() != 2 or mask.dtype != torch.bool:
+        raise ValueError(f"mask_from_dense: expected a 2-d bool tensor, got {mask.dtype} of shape {tuple(mask.shape)}")
+    q_len, kv_len = mask.shape
+    _check_sizes(q_len, kv_len, block_m, block_n)
+    geometry = TileGeometry(q_len, kv_len, block_m, block_n)
+    padded = torch.zeros(geometry.n_q_blocks * block_m, geometry.n_kv_blocks * block_n, dtype=torch.bool)
+    padded[:q_len, :kv_len] = mask.cpu()
+    blocks = padded.view(geometry.n_q_blocks, block_m, geometry.n_kv_blocks, block_n).permute(0, 2, 1, 3)
+    return _build(_ExplicitMask(blocks.numpy(), q_len, kv_len), geometry, torch.device(device or "cpu"))
+
+
+class _ExplicitMask(Pattern):
+    """Adapter that lets the compiler walk an explicit mask as if it were a pattern."""
+
+    def __init__(self, blocks: np.ndarray, q_len: int, kv_len: int):
+        self.blocks, self.q_len, self.kv_len = blocks, q_len, kv_len
+
+    def __str__(self) -> str:
+        return f"<explicit {self.q_len}x{self.kv_len} mask>"
+
+    def __hash__(self):
+        return id(self)
+
+    def allowed(self, p, j):
+        bm, bn = self.blocks.shape[2:]
+        i = p - (self.kv_len - self.q_len)
+        return self.blocks[i // bm, j // bn, i % bm, j % bn]
+
+    def candidate_blocks(self, geometry):
+        rows, cols = np.nonzero(self.blocks.any(axis=(2, 3)))
+        return rows.astype(np.int64), cols.astype(np.int64)
+
+    def block_class(self, geometry, rows, cols):
+        return np.full(rows.shape, PARTIAL, dtype=np.int8)
+
+    def tile_key(self, geometry, p0, j0):
+        return np.stack([p0, j0], axis=1)
