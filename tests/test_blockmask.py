@@ -1,0 +1,173 @@
+"""The block-mask compiler against blocks reduced from the exact dense mask."""
+
+import numpy as np
+import pytest
+import torch
+
+import sparseflash
+from sparseflash import compile_mask, mask_from_dense, parse
+from sparseflash.blockmask import _CACHE, ascii_grid, reduce_grid
+
+EMPTY, PARTIAL, FULL = 0, 1, 2
+
+PATTERNS = [
+    "dense", "causal", "local(5)", "local(3, 17)", "local(0)", "global(7)", "sink(20)", "strided(7)",
+    "strided(300)", "strided(1)", "butterfly(16)", "butterfly(8, 2)", "butterfly(64)", "butterfly(3)", "chunk(40)",
+    "local(30) + global(4)", "local(50) & causal", "~local(20)", "strided(64) + local(16)", "causal - local(10)",
+    "~causal & local(40)", "chunk(64) + sink(3)", "(local(9) - sink(5)) & ~strided(3)", "dense - dense",
+    "local(70) & ~local(20) & causal", "butterfly(32) & causal",
+]  # fmt: skip
+
+SIZES = [(97, 97), (113, 200), (200, 113), (1, 150), (256, 256), (300, 45)]
+TILES = [(16, 16), (32, 64), (64, 16), (128, 128), (16, 128)]
+
+
+def reference_block_classes(mask: torch.Tensor, block_m: int, block_n: int) -> torch.Tensor:
+    """Block classes straight from the element mask; padding past the sequence end makes a block partial."""
+    q_len, kv_len = mask.shape
+    n_q, n_kv = -(-q_len // block_m), -(-kv_len // block_n)
+    padded = torch.full((n_q * block_m, n_kv * block_n), -1, dtype=torch.int8)
+    padded[:q_len, :kv_len] = mask.to(torch.int8)
+    blocks = padded.view(n_q, block_m, n_kv, block_n).permute(0, 2, 1, 3).reshape(n_q, n_kv, -1)
+    any_allowed, all_allowed = (blocks == 1).any(-1), (blocks == 1).all(-1)
+    return torch.where(all_allowed, FULL, torch.where(any_allowed, PARTIAL, EMPTY)).to(torch.int8)
+
+
+@pytest.mark.parametrize("tile", TILES, ids=lambda t: f"{t[0]}x{t[1]}")
+@pytest.mark.parametrize("q_len, kv_len", SIZES, ids=lambda s: str(s))
+@pytest.mark.parametrize("text", PATTERNS)
+def test_block_classes_and_tiles_are_exact(text, q_len, kv_len, tile):
+    block_m, block_n = tile
+    exact = parse(text).dense_mask(q_len, kv_len)
+    mask = compile_mask(text, q_len, kv_len, block_m=block_m, block_n=block_n)
+    assert torch.equal(mask.to_dense(), reference_block_classes(exact, block_m, block_n))
+    assert torch.equal(mask.to_dense_mask(), exact)
+    assert mask.density() == pytest.approx(exact.float().mean().item())
+
+
+@pytest.mark.parametrize("text", ["local(30) + global(4)", "causal - local(10)", "strided(64) + local(16)"])
+def test_transposed_lists_hold_the_same_blocks(text):
+    mask = compile_mask(text, 300, 333, block_m=32, block_n=16)
+    for kind in ("full", "partial"):
+        row_off, row_idx = getattr(mask, f"{kind}_kv_offsets"), getattr(mask, f"{kind}_kv_indices")
+        col_off, col_idx = getattr(mask, f"{kind}_q_offsets"), getattr(mask, f"{kind}_q_indices")
+        by_row = {(m, int(n)) for m in range(mask.n_q_blocks) for n in row_idx[row_off[m] : row_off[m + 1]]}
+        by_col = {(int(m), n) for n in range(mask.n_kv_blocks) for m in col_idx[col_off[n] : col_off[n + 1]]}
+        assert by_row == by_col
+        # ascending within each row and column, so neighbouring programs walk K/V in the same order
+        for m in range(mask.n_q_blocks):
+            assert torch.all(torch.diff(row_idx[row_off[m] : row_off[m + 1]]) > 0)
+    # each partial block points at the same tile from both sides
+    row_tile = {}
+    for m in range(mask.n_q_blocks):
+        for idx in range(mask.partial_kv_offsets[m], mask.partial_kv_offsets[m + 1]):
+            row_tile[(m, int(mask.partial_kv_indices[idx]))] = int(mask.partial_kv_tiles[idx])
+    for n in range(mask.n_kv_blocks):
+        for idx in range(mask.partial_q_offsets[n], mask.partial_q_offsets[n + 1]):
+            assert row_tile[(int(mask.partial_q_indices[idx]), n)] == int(mask.partial_q_tiles[idx])
+
+
+def test_lists_are_int32_and_tiles_uint8():
+    mask = compile_mask("local(30) + global(4)", 200, block_m=32, block_n=32)
+    for name in ("full_kv_offsets", "full_kv_indices", "partial_kv_indices", "partial_kv_tiles", "full_q_indices"):
+        assert getattr(mask, name).dtype == torch.int32
+    assert mask.tiles.dtype == torch.uint8
+    assert mask.full_kv_counts.tolist() == torch.diff(mask.full_kv_offsets).tolist()
+
+
+def test_band_tiles_are_stored_once():
+    """A band has a handful of distinct diagonal tiles however long the sequence is."""
+    short = compile_mask("local(256) + global(4)", 4096)
+    long = compile_mask("local(256) + global(4)", 65536)
+    assert short.tiles.shape[0] == long.tiles.shape[0] <= 8
+    assert long.n_partial > 16 * long.tiles.shape[0]
+
+
+def test_dense_flag_only_for_dense():
+    assert compile_mask("dense", 100).is_dense
+    assert not compile_mask("local(1000)", 100).is_dense
+
+
+def test_cache_is_keyed_by_canonical_pattern():
+    _CACHE.clear()
+    first = compile_mask("local(256)+global(4)", 1000)
+    assert compile_mask("global(4) | local(256)", 1000) is first
+    assert compile_mask("local(256)+global(4)", 1000, block_m=64) is not first
+    assert compile_mask("local(256)+global(4)", 1000, 999) is not first
+
+
+def test_million_tokens_without_a_dense_mask():
+    """1M tokens: a dense mask would be 2**40 bools; the block mask stays a few MB."""
+    mask = compile_mask("local(256) + global(4)", 1 << 20)
+    assert mask.n_q_blocks == 8192
+    assert mask.nbytes < 4 * 2**20
+    n = 1 << 20
+    band = n * 513 - 256 * 257  # 2w+1 keys per query, less the ends
+    global_rows_and_cols = 8 * n - 16
+    both = 2 * sum(p + 257 for p in range(4)) - 16  # global pairs that the band holds too
+    assert mask.allowed_pairs == band + global_rows_and_cols - both
+
+
+def test_mask_from_dense_round_trips():
+    generator = torch.Generator().manual_seed(0)
+    explicit = torch.rand(150, 90, generator=generator) < 0.05
+    explicit[:32, :16] = True
+    mask = mask_from_dense(explicit, block_m=32, block_n=16)
+    assert torch.equal(mask.to_dense_mask(), explicit)
+    assert torch.equal(mask.to_dense(), reference_block_classes(explicit, 32, 16))
+
+
+def test_str_draws_the_grid():
+    text = str(compile_mask("local(128) & causal", 512, block_m=128, block_n=128))
+    assert text.splitlines()[1:] == ["░", "░░", " ░░", "  ░░"]
+
+
+def test_ascii_glyphs():
+    grid = torch.tensor([[2, 1, 0], [0, 2, 1]], dtype=torch.int8)
+    assert ascii_grid(grid) == "█░\n █░"
+
+
+def test_reduce_grid_keeps_the_strongest_class():
+    generator = torch.Generator().manual_seed(1)
+    grid = torch.randint(0, 3, (37, 53), generator=generator, dtype=torch.int8)
+    reduced = reduce_grid(grid, 10, 10)
+    row_step, col_step = -(-37 // 10), -(-53 // 10)
+    for r in range(reduced.shape[0]):
+        for c in range(reduced.shape[1]):
+            cell = grid[r * row_step : (r + 1) * row_step, c * col_step : (c + 1) * col_step]
+            assert reduced[r, c] == cell.max()
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True])
+def test_bad_sizes_are_refused(bad):
+    with pytest.raises(ValueError, match="must be a positive integer"):
+        compile_mask("causal", bad)
+
+
+def test_bad_pattern_text_is_a_pattern_error():
+    with pytest.raises(sparseflash.PatternError, match="did you mean 'causal'"):
+        compile_mask("casual", 100)
+
+
+def test_to_moves_every_tensor():
+    mask = compile_mask("local(30)", 100, block_m=16, block_n=16)
+    meta = mask.to("meta")
+    assert meta.tiles.device.type == "meta" and meta.partial_q_tiles.device.type == "meta"
+
+
+@pytest.mark.gpu
+def test_compiles_onto_the_gpu():
+    mask = compile_mask("local(256) + global(4)", 32768, device="cuda")
+    assert mask.full_kv_indices.is_cuda and mask.tiles.is_cuda
+    cpu = compile_mask("local(256) + global(4)", 32768)
+    assert torch.equal(mask.to_dense(), cpu.to_dense())
+
+
+def test_candidate_blocks_grow_with_the_band_not_the_square():
+    """The compiler's first step never enumerates all n_q x n_kv blocks for a band."""
+    from sparseflash.pattern import TileGeometry
+
+    geometry = TileGeometry(1 << 20, 1 << 20, 128, 128)
+    rows, cols = parse("local(256) & causal").candidate_blocks(geometry)
+    assert rows.size <= 5 * geometry.n_q_blocks  # the band: 5 blocks a row; causal alone would give 4096
+    assert np.all(np.diff(rows) >= 0)
