@@ -1,0 +1,440 @@
+"""Block-sparse FlashAttention backward: preprocess, dK/dV and dQ, deterministic (no atomics).
+
+Notation: see ``common.py``. With ``s = scale * q . k`` on allowed pairs, ``p = exp(s - lse)``:
+
+    delta[i] = sum_d dO[i, d] * O[i, d]  -  dlse[i]                  (preprocess, [BLOCK_M])
+    dS[i, j] = p[i, j] * (dO[i] . v[j] - delta[i])
+    dV[j]    = sum_i p[i, j] * dO[i]          dK[j] = scale * sum_i dS[i, j] * q[i]
+    dQ[i]    = scale * sum_j dS[i, j] * k[j]
+
+``dlse`` is the gradient flowing into the returned lse (d lse / d s = p), so it folds into delta.
+
+- dK/dV: one program per (kernel key tile, batch * kv head). It keeps its K, V tiles and the dK,
+  dV accumulators and walks, for every query head of its GQA group, the key block's column of the
+  mask (full query blocks, then partial ones) in BLOCK_M1-row steps. Each dK/dV row is written by
+  exactly one program: no atomics, the same bits on every run.
+- dQ: one program per (kernel query tile, batch * q head) walking the query block's row of the mask.
+
+[Note] Probabilities are recomputed from the saved lse in base 2: ``p = exp2(s2 - lse * log2(e))``
+with ``s2 = q.k * scale * log2(e)``. A fully masked row has lse = -inf; there it is replaced by
++inf so ``exp2(s2 - inf) = 0`` and the row contributes nothing (its O is 0, so delta is 0 too):
+zero gradients, never NaN. Rows past q_len load lse = +inf for the same reason. Full blocks have an
+allowed key in every row, so their lse is finite and their steps skip the guard.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .common import (
+    LOG2E,
+    BackwardConfig,
+    check_tile,
+    default_backward_config,
+    dot_precision,
+    head_dim_padded,
+    load_rows,
+    load_tile_mask,
+    new_output,
+    store_rows,
+)
+
+_NO_MASK = tl.constexpr(0)  # full block (or a whole dense tile)
+_TILE_MASK = tl.constexpr(1)  # partial block: the uint8 tile (0 also on padding)
+_BOUNDS_MASK = tl.constexpr(2)  # last tile of a dense walk: rows past the sequence end
+_LOG2E_JIT = tl.constexpr(LOG2E)
+
+
+@triton.jit
+def _preprocess_kernel(
+    Out, DOut, Dlse, Delta,
+    stride_ob, stride_oh, stride_om, stride_od,
+    stride_dob, stride_doh, stride_dom, stride_dod,
+    n_q_heads, q_len,
+    HAS_DLSE: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    HEAD_DIM_PADDED: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):  # fmt: skip
+    start_m = tl.program_id(0) * BLOCK_M
+    batch_head = tl.program_id(1)
+    batch = batch_head // n_q_heads
+    head = batch_head % n_q_heads
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM_PADDED)
+    o_base = Out + tl.cast(batch, tl.int64) * stride_ob + tl.cast(head, tl.int64) * stride_oh
+    do_base = DOut + tl.cast(batch, tl.int64) * stride_dob + tl.cast(head, tl.int64) * stride_doh
+    o = load_rows(o_base, start_m, offs_m, offs_d, stride_om, stride_od, q_len, True, HEAD_DIM, HEAD_DIM_PADDED)
+    do = load_rows(do_base, start_m, offs_m, offs_d, stride_dom, stride_dod, q_len, True, HEAD_DIM, HEAD_DIM_PADDED)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # [BLOCK_M]
+    in_bounds = (start_m + offs_m) < q_len
+    row_offsets = tl.cast(batch_head, tl.int64) * q_len + start_m + offs_m
+    if HAS_DLSE:
+        delta -= tl.load(Dlse + row_offsets, mask=in_bounds, other=0.0)
+    tl.store(Delta + row_offsets, delta, mask=in_bounds)
+
+
+@triton.jit
+def _dkdv_step(
+    dk,
+    dv,
+    k,
+    v,
+    q_base,
+    do_base,
+    lse_base,
+    delta_base,
+    start_m,
+    offs_m,
+    offs_d,
+    stride_qm,
+    stride_qd,
+    stride_dom,
+    stride_dod,
+    q_len,
+    qk_scale,
+    allowed_t,
+    MASK_MODE: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    HEAD_DIM_PADDED: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """Add the contribution of queries ``start_m + offs_m`` to one key tile's dK and dV."""
+    q = load_rows(q_base, start_m, offs_m, offs_d, stride_qm, stride_qd, q_len, MASK_MODE != 0, HEAD_DIM, HEAD_DIM_PADDED)  # [BLOCK_M, D]
+    do = load_rows(do_base, start_m, offs_m, offs_d, stride_dom, stride_dod, q_len, MASK_MODE != 0, HEAD_DIM, HEAD_DIM_PADDED)  # [BLOCK_M, D]
+    if MASK_MODE == _NO_MASK:
+        lse2 = tl.load(lse_base + start_m + offs_m) * _LOG2E_JIT
+        delta = tl.load(delta_base + start_m + offs_m)
+    else:
+        in_bounds = (start_m + offs_m) < q_len
+        lse = tl.load(lse_base + start_m + offs_m, mask=in_bounds, other=float("inf"))
+        # See [Note]: a row with no key (lse = -inf) or past q_len gets p = 0.
+        lse2 = tl.where(lse == float("-inf"), float("inf"), lse * _LOG2E_JIT)
+        delta = tl.load(delta_base + start_m + offs_m, mask=in_bounds, other=0.0)
+    scores_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_N, BLOCK_M], base 2
+    if MASK_MODE == _TILE_MASK:
+        scores_t = tl.where(allowed_t, scores_t, float("-inf"))
+    p_t = tl.math.exp2(scores_t - lse2[None, :])  # [BLOCK_N, BLOCK_M]
+    dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
+    dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # [BLOCK_N, BLOCK_M]
+    ds_t = p_t * (dp_t - delta[None, :])
+    dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
+    return dk, dv
+
+
+@triton.jit
+def _attention_backward_dkdv_kernel(
+    Q, K, V, DOut, Lse, Delta, DK, DV,
+    full_q_offsets, full_q_indices, partial_q_offsets, partial_q_indices, partial_q_tiles, tiles,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_dob, stride_doh, stride_dom, stride_dod,
+    stride_dkb, stride_dkh, stride_dkn, stride_dkd,
+    stride_dvb, stride_dvh, stride_dvn, stride_dvd,
+    n_kv_heads, q_len, kv_len, qk_scale, scale,
+    GROUP_SIZE: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    HEAD_DIM_PADDED: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    MASK_BLOCK_M: tl.constexpr,
+    MASK_BLOCK_N: tl.constexpr,
+    IS_DENSE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    start_n = tl.program_id(0) * BLOCK_N
+    batch_head = tl.program_id(1)
+    batch = batch_head // n_kv_heads
+    kv_head = batch_head % n_kv_heads
+
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM_PADDED)
+
+    k_base = K + tl.cast(batch, tl.int64) * stride_kb + tl.cast(kv_head, tl.int64) * stride_kh
+    v_base = V + tl.cast(batch, tl.int64) * stride_vb + tl.cast(kv_head, tl.int64) * stride_vh
+    k = load_rows(k_base, start_n, offs_n, offs_d, stride_kn, stride_kd, kv_len, True, HEAD_DIM, HEAD_DIM_PADDED)  # [BLOCK_N, D]
+    v = load_rows(v_base, start_n, offs_n, offs_d, stride_vn, stride_vd, kv_len, True, HEAD_DIM, HEAD_DIM_PADDED)  # [BLOCK_N, D]
+    dk = tl.zeros([BLOCK_N, HEAD_DIM_PADDED], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM_PADDED], dtype=tl.float32)
+
+    mask_col = start_n // MASK_BLOCK_N
+    col_in_tile = start_n % MASK_BLOCK_N
+    M_STEPS: tl.constexpr = MASK_BLOCK_M // BLOCK_M  # loop steps per mask block
+
+    for member in range(0, GROUP_SIZE):
+        q_head = kv_head * GROUP_SIZE + member
+        q_base = Q + tl.cast(batch, tl.int64) * stride_qb + tl.cast(q_head, tl.int64) * stride_qh
+        do_base = DOut + tl.cast(batch, tl.int64) * stride_dob + tl.cast(q_head, tl.int64) * stride_doh
+        row_base = (tl.cast(batch, tl.int64) * n_kv_heads * GROUP_SIZE + q_head) * q_len
+        lse_base = Lse + row_base
+        delta_base = Delta + row_base
+        if IS_DENSE:
+            # Key rows past kv_len are not masked: their dK/dV rows are never stored, and each
+            # row of dK/dV depends on its own key only.
+            n_whole_tiles = q_len // BLOCK_M
+            for tile in range(0, n_whole_tiles):
+                dk, dv = _dkdv_step(
+                    dk, dv, k, v, q_base, do_base, lse_base, delta_base, tile * BLOCK_M, offs_m, offs_d,
+                    stride_qm, stride_qd, stride_dom, stride_dod, q_len, qk_scale, 0,
+                    _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION,
+                )  # fmt: skip
+            if n_whole_tiles * BLOCK_M < q_len:
+                dk, dv = _dkdv_step(
+                    dk, dv, k, v, q_base, do_base, lse_base, delta_base, n_whole_tiles * BLOCK_M, offs_m, offs_d,
+                    stride_qm, stride_qd, stride_dom, stride_dod, q_len, qk_scale, 0,
+                    _BOUNDS_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION,
+                )  # fmt: skip
+        else:
+            full_begin = tl.load(full_q_offsets + mask_col)
+            full_end = tl.load(full_q_offsets + mask_col + 1)
+            for step in range(full_begin * M_STEPS, full_end * M_STEPS):
+                q_block = tl.load(full_q_indices + step // M_STEPS)
+                start_m = q_block * MASK_BLOCK_M + (step % M_STEPS) * BLOCK_M
+                dk, dv = _dkdv_step(
+                    dk, dv, k, v, q_base, do_base, lse_base, delta_base, start_m, offs_m, offs_d,
+                    stride_qm, stride_qd, stride_dom, stride_dod, q_len, qk_scale, 0,
+                    _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION,
+                )  # fmt: skip
+            partial_begin = tl.load(partial_q_offsets + mask_col)
+            partial_end = tl.load(partial_q_offsets + mask_col + 1)
+            for step in range(partial_begin * M_STEPS, partial_end * M_STEPS):
+                q_block = tl.load(partial_q_indices + step // M_STEPS)
+                tile_id = tl.load(partial_q_tiles + step // M_STEPS)
+                row_in_tile = (step % M_STEPS) * BLOCK_M
+                # Key-major view of the tile: [BLOCK_N, BLOCK_M], matching scores_t.
+                allowed_t = load_tile_mask(
+                    tiles, tile_id, row_in_tile, col_in_tile, offs_m[None, :], offs_n[:, None], MASK_BLOCK_M, MASK_BLOCK_N
+                )
+                dk, dv = _dkdv_step(
+                    dk, dv, k, v, q_base, do_base, lse_base, delta_base, q_block * MASK_BLOCK_M + row_in_tile,
+                    offs_m, offs_d, stride_qm, stride_qd, stride_dom, stride_dod, q_len, qk_scale, allowed_t,
+                    _TILE_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION,
+                )  # fmt: skip
+
+    dk = dk * scale
+    dk_base = DK + tl.cast(batch, tl.int64) * stride_dkb + tl.cast(kv_head, tl.int64) * stride_dkh
+    dv_base = DV + tl.cast(batch, tl.int64) * stride_dvb + tl.cast(kv_head, tl.int64) * stride_dvh
+    store_rows(dk_base, start_n, offs_n, offs_d, stride_dkn, stride_dkd, kv_len, dk.to(DK.dtype.element_ty), HEAD_DIM)
+    store_rows(dv_base, start_n, offs_n, offs_d, stride_dvn, stride_dvd, kv_len, dv.to(DV.dtype.element_ty), HEAD_DIM)
+
+
+@triton.jit
+def _dq_step(
+    dq,
+    q,
+    do,
+    lse2,
+    delta,
+    k_base,
+    v_base,
+    start_n,
+    offs_n,
+    offs_d,
+    stride_kn,
+    stride_kd,
+    stride_vn,
+    stride_vd,
+    kv_len,
+    qk_scale,
+    allowed,
+    MASK_MODE: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    HEAD_DIM_PADDED: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """Add the contribution of keys ``start_n + offs_n`` to one query tile's dQ (unscaled)."""
+    k = load_rows(k_base, start_n, offs_n, offs_d, stride_kn, stride_kd, kv_len, MASK_MODE != 0, HEAD_DIM, HEAD_DIM_PADDED)  # [BLOCK_N, D]
+    v = load_rows(v_base, start_n, offs_n, offs_d, stride_vn, stride_vd, kv_len, MASK_MODE != 0, HEAD_DIM, HEAD_DIM_PADDED)  # [BLOCK_N, D]
+    scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N], base 2
+    if MASK_MODE == _TILE_MASK:
+        scores = tl.where(allowed, scores, float("-inf"))
+    if MASK_MODE == _BOUNDS_MASK:
+        # Zero keys past kv_len would give p = exp2(-lse2), which can overflow: mask them.
+        scores = tl.where((start_n + offs_n)[None, :] < kv_len, scores, float("-inf"))
+    p = tl.math.exp2(scores - lse2[:, None])  # [BLOCK_M, BLOCK_N]
+    dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
+    ds = p * (dp - delta[:, None])
+    dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+    return dq
+
+
+@triton.jit
+def _attention_backward_dq_kernel(
+    Q, K, V, DOut, Lse, Delta, DQ,
+    full_kv_offsets, full_kv_indices, partial_kv_offsets, partial_kv_indices, partial_kv_tiles, tiles,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_dob, stride_doh, stride_dom, stride_dod,
+    stride_dqb, stride_dqh, stride_dqm, stride_dqd,
+    n_q_heads, q_len, kv_len, qk_scale, scale,
+    GROUP_SIZE: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    HEAD_DIM_PADDED: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    MASK_BLOCK_M: tl.constexpr,
+    MASK_BLOCK_N: tl.constexpr,
+    IS_DENSE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    start_m = tl.program_id(0) * BLOCK_M
+    batch_head = tl.program_id(1)
+    batch = batch_head // n_q_heads
+    q_head = batch_head % n_q_heads
+    kv_head = q_head // GROUP_SIZE
+
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM_PADDED)
+
+    q_base = Q + tl.cast(batch, tl.int64) * stride_qb + tl.cast(q_head, tl.int64) * stride_qh
+    do_base = DOut + tl.cast(batch, tl.int64) * stride_dob + tl.cast(q_head, tl.int64) * stride_doh
+    k_base = K + tl.cast(batch, tl.int64) * stride_kb + tl.cast(kv_head, tl.int64) * stride_kh
+    v_base = V + tl.cast(batch, tl.int64) * stride_vb + tl.cast(kv_head, tl.int64) * stride_vh
+    q = load_rows(q_base, start_m, offs_m, offs_d, stride_qm, stride_qd, q_len, True, HEAD_DIM, HEAD_DIM_PADDED)  # [BLOCK_M, D]
+    do = load_rows(do_base, start_m, offs_m, offs_d, stride_dom, stride_dod, q_len, True, HEAD_DIM, HEAD_DIM_PADDED)  # [BLOCK_M, D]
+    in_bounds = (start_m + offs_m) < q_len
+    row_offsets = tl.cast(batch_head, tl.int64) * q_len + start_m + offs_m
+    lse = tl.load(Lse + row_offsets, mask=in_bounds, other=float("inf"))
+    # See [Note]: a row with no key (lse = -inf) or past q_len gets p = 0 everywhere.
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * _LOG2E_JIT)  # [BLOCK_M]
+    delta = tl.load(Delta + row_offsets, mask=in_bounds, other=0.0)  # [BLOCK_M]
+    dq = tl.zeros([BLOCK_M, HEAD_DIM_PADDED], dtype=tl.float32)
+
+    if IS_DENSE:
+        n_whole_tiles = kv_len // BLOCK_N
+        for tile in range(0, n_whole_tiles):
+            dq = _dq_step(
+                dq, q, do, lse2, delta, k_base, v_base, tile * BLOCK_N, offs_n, offs_d,
+                stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
+                _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION,
+            )  # fmt: skip
+        if n_whole_tiles * BLOCK_N < kv_len:
+            dq = _dq_step(
+                dq, q, do, lse2, delta, k_base, v_base, n_whole_tiles * BLOCK_N, offs_n, offs_d,
+                stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
+                _BOUNDS_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION,
+            )  # fmt: skip
+    else:
+        mask_row = start_m // MASK_BLOCK_M
+        row_in_tile = start_m % MASK_BLOCK_M
+        N_STEPS: tl.constexpr = MASK_BLOCK_N // BLOCK_N  # loop steps per mask block
+        full_begin = tl.load(full_kv_offsets + mask_row)
+        full_end = tl.load(full_kv_offsets + mask_row + 1)
+        for step in range(full_begin * N_STEPS, full_end * N_STEPS):
+            kv_block = tl.load(full_kv_indices + step // N_STEPS)
+            start_n = kv_block * MASK_BLOCK_N + (step % N_STEPS) * BLOCK_N
+            dq = _dq_step(
+                dq, q, do, lse2, delta, k_base, v_base, start_n, offs_n, offs_d,
+                stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
+                _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION,
+            )  # fmt: skip
+        partial_begin = tl.load(partial_kv_offsets + mask_row)
+        partial_end = tl.load(partial_kv_offsets + mask_row + 1)
+        for step in range(partial_begin * N_STEPS, partial_end * N_STEPS):
+            kv_block = tl.load(partial_kv_indices + step // N_STEPS)
+            tile_id = tl.load(partial_kv_tiles + step // N_STEPS)
+            col_in_tile = (step % N_STEPS) * BLOCK_N
+            allowed = load_tile_mask(
+                tiles, tile_id, row_in_tile, col_in_tile, offs_m[:, None], offs_n[None, :], MASK_BLOCK_M, MASK_BLOCK_N
+            )  # [BLOCK_M, BLOCK_N]
+            dq = _dq_step(
+                dq, q, do, lse2, delta, k_base, v_base, kv_block * MASK_BLOCK_N + col_in_tile, offs_n, offs_d,
+                stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, allowed,
+                _TILE_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION,
+            )  # fmt: skip
+
+    dq = dq * scale
+    dq_base = DQ + tl.cast(batch, tl.int64) * stride_dqb + tl.cast(q_head, tl.int64) * stride_dqh
+    store_rows(dq_base, start_m, offs_m, offs_d, stride_dqm, stride_dqd, q_len, dq.to(DQ.dtype.element_ty), HEAD_DIM)
+
+
+def attention_backward(
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    mask,
+    scale: float,
+    *,
+    dlse: torch.Tensor | None = None,
+    allow_tf32: bool = False,
+    config: BackwardConfig | None = None,
+    preprocess_block_m: int = 64,
+):
+    """Launch the three backward kernels. Returns ``(dq, dk, dv)`` shaped and typed like q, k, v.
+
+    ``out`` and ``lse`` are the forward's results; ``dlse`` (B, Hq, Lq), if given, is the gradient
+    of the lse output. ``config`` overrides tiles and launch settings.
+    """
+    batch, n_q_heads, q_len, head_dim = q.shape
+    n_kv_heads, kv_len = k.shape[1], k.shape[2]
+    padded = head_dim_padded(head_dim)
+    if config is None:
+        config = default_backward_config(padded, q.dtype, mask.block_m, mask.block_n, q_len, kv_len)
+    for name, tile, mask_block in (
+        ("block_m1", config.block_m1, mask.block_m),
+        ("block_n1", config.block_n1, mask.block_n),
+        ("block_m2", config.block_m2, mask.block_m),
+        ("block_n2", config.block_n2, mask.block_n),
+    ):
+        check_tile(name, tile, mask_block, mask.is_dense)
+    precision = dot_precision(q.dtype, allow_tf32)
+    group_size = n_q_heads // n_kv_heads
+    lse = lse.contiguous()  # written by our forward, so already contiguous: no copy in practice
+
+    delta = new_output((batch, n_q_heads, q_len), torch.float32, q.device)
+    if dlse is not None:
+        dlse = dlse.to(torch.float32).contiguous()
+    _preprocess_kernel[(triton.cdiv(q_len, preprocess_block_m), batch * n_q_heads)](
+        out, dout, dlse if dlse is not None else delta, delta,
+        *out.stride(), *dout.stride(),
+        n_q_heads, q_len,
+        HAS_DLSE=dlse is not None,
+        HEAD_DIM=head_dim,
+        HEAD_DIM_PADDED=padded,
+        BLOCK_M=preprocess_block_m,
+    )  # fmt: skip
+
+    dq = new_output(q.shape, q.dtype, q.device)
+    dk = new_output(k.shape, k.dtype, k.device)
+    dv = new_output(v.shape, v.dtype, v.device)
+    common = dict(
+        GROUP_SIZE=group_size,
+        HEAD_DIM=head_dim,
+        HEAD_DIM_PADDED=padded,
+        MASK_BLOCK_M=mask.block_m,
+        MASK_BLOCK_N=mask.block_n,
+        IS_DENSE=mask.is_dense,
+        DOT_PRECISION=precision,
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )
+    _attention_backward_dkdv_kernel[(triton.cdiv(kv_len, config.block_n1), batch * n_kv_heads)](
+        q, k, v, dout, lse, delta, dk, dv,
+        mask.full_q_offsets, mask.full_q_indices, mask.partial_q_offsets, mask.partial_q_indices,
+        mask.partial_q_tiles, mask.tiles,
+        *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(),
+        n_kv_heads, q_len, kv_len, scale * LOG2E, scale,
+        BLOCK_M=config.block_m1,
+        BLOCK_N=config.block_n1,
+        **common,
+    )  # fmt: skip
+    _attention_backward_dq_kernel[(triton.cdiv(q_len, config.block_m2), batch * n_q_heads)](
+        q, k, v, dout, lse, delta, dq,
+        mask.full_kv_offsets, mask.full_kv_indices, mask.partial_kv_offsets, mask.partial_kv_indices,
+        mask.partial_kv_tiles, mask.tiles,
+        *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(),
+        n_q_heads, q_len, kv_len, scale * LOG2E, scale,
+        BLOCK_M=config.block_m2,
+        BLOCK_N=config.block_n2,
+        **common,
+    )  # fmt: skip
+    return dq, dk, dv

@@ -1,0 +1,208 @@
+"""Pieces shared by the forward and backward kernels: tile loads, tuning tables, output allocation.
+
+Notation (all kernels):
+    B        batch                      Hq, Hkv  query / key-value heads, GROUP_SIZE = Hq // Hkv
+    q_len    queries (Lq)               kv_len   keys (Lk)
+    HEAD_DIM head dim D                 HEAD_DIM_PADDED  next power of two >= D (tl.arange needs one)
+    MASK_BLOCK_M x MASK_BLOCK_N   the BlockMask's block (its tiles are this shape)
+    BLOCK_M x BLOCK_N             the kernel's tile; it divides the mask block, so a mask block is
+                                  walked in (MASK_BLOCK_M // BLOCK_M) x (MASK_BLOCK_N // BLOCK_N) steps
+    qk_scale = scale * log2(e)    scores are kept in base 2: exp(s) == exp2(s * log2(e))
+
+Offsets: batch and head offsets, and a tile's first row, are multiplied out in int64 so tensors over
+2**31 elements work; offsets *inside* a tile stay int32 (they are below BLOCK * stride).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+# ln(2) for use inside kernels (jit code may only read globals that are constexpr).
+LN2_JIT = tl.constexpr(0.6931471805599453)
+
+# Tests set this to fill every kernel output with NaN before the kernels run, so an element that
+# a kernel forgot to write cannot pass as a plausible value.
+POISON_OUTPUTS = False
+
+
+def new_output(shape, dtype, device) -> torch.Tensor:
+    out = torch.empty(shape, dtype=dtype, device=device)
+    if POISON_OUTPUTS:
+        out.fill_(float("nan"))
+    return out
+
+
+# ---------------------------------------------------------------------------------------- tuning
+
+
+@dataclass(frozen=True)
+class ForwardConfig:
+    """Kernel tile and launch settings of the forward pass (BLOCK_M x BLOCK_N tiles)."""
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+@dataclass(frozen=True)
+class BackwardConfig:
+    """Tiles of the two backward kernels: dK/dV holds ``block_n1`` keys and steps ``block_m1``
+    queries at a time; dQ holds ``block_m2`` queries and steps ``block_n2`` keys at a time."""
+
+    block_m1: int
+    block_n1: int
+    block_m2: int
+    block_n2: int
+    num_warps: int
+    num_stages: int
+
+
+# First guesses for an H100/H200-class GPU, keyed by (largest padded head dim, 16-bit?). They are
+# clamped to the mask's block (a kernel tile never spans two mask blocks). Tuned on the device
+# later; larger head dims get smaller tiles so the fp32 accumulators stay in registers.
+FORWARD_DEFAULTS = {
+    (64, True): ForwardConfig(128, 64, num_warps=4, num_stages=3),
+    (128, True): ForwardConfig(128, 64, num_warps=8, num_stages=3),
+    (256, True): ForwardConfig(64, 64, num_warps=8, num_stages=2),
+    (64, False): ForwardConfig(64, 32, num_warps=4, num_stages=2),
+    (128, False): ForwardConfig(64, 32, num_warps=4, num_stages=2),
+    (256, False): ForwardConfig(32, 32, num_warps=4, num_stages=1),
+}
+BACKWARD_DEFAULTS = {
+    (64, True): BackwardConfig(32, 128, 128, 32, num_warps=4, num_stages=3),
+    (128, True): BackwardConfig(32, 128, 128, 32, num_warps=8, num_stages=2),
+    (256, True): BackwardConfig(32, 64, 64, 32, num_warps=8, num_stages=1),
+    (64, False): BackwardConfig(32, 64, 64, 32, num_warps=4, num_stages=2),
+    (128, False): BackwardConfig(32, 64, 64, 32, num_warps=4, num_stages=1),
+    (256, False): BackwardConfig(16, 32, 32, 16, num_warps=4, num_stages=1),
+}
+
+
+def _table_key(head_dim_padded: int, dtype: torch.dtype):
+    size = 64 if head_dim_padded <= 64 else 128 if head_dim_padded <= 128 else 256
+    return size, dtype in (torch.float16, torch.bfloat16)
+
+
+def fit_tile(wanted: int, mask_block: int, length: int) -> int:
+    """A power-of-two tile no larger than ``wanted`` that divides ``mask_block``, shrunk for short
+    sequences (a decoding query needs a 16-row tile, not 128) but never below 16 (``tl.dot``)."""
+    tile = min(wanted, mask_block, max(16, triton.next_power_of_2(length)))
+    return max(tile, 16)
+
+
+def default_forward_config(head_dim_padded, dtype, mask_block_m, mask_block_n, q_len, kv_len) -> ForwardConfig:
+    base = FORWARD_DEFAULTS[_table_key(head_dim_padded, dtype)]
+    return ForwardConfig(
+        fit_tile(base.block_m, mask_block_m, q_len),
+        fit_tile(base.block_n, mask_block_n, kv_len),
+        base.num_warps,
+        base.num_stages,
+    )
+
+
+def default_backward_config(head_dim_padded, dtype, mask_block_m, mask_block_n, q_len, kv_len) -> BackwardConfig:
+    base = BACKWARD_DEFAULTS[_table_key(head_dim_padded, dtype)]
+    return BackwardConfig(
+        fit_tile(base.block_m1, mask_block_m, q_len),
+        fit_tile(base.block_n1, mask_block_n, kv_len),
+        fit_tile(base.block_m2, mask_block_m, q_len),
+        fit_tile(base.block_n2, mask_block_n, kv_len),
+        base.num_warps,
+        base.num_stages,
+    )
+
+
+def check_tile(name: str, tile: int, mask_block: int, is_dense: bool):
+    if tile < 16 or tile & (tile - 1):
+        raise ValueError(f"{name}={tile}: kernel tiles must be powers of two, at least 16")
+    if not is_dense and mask_block % tile:
+        raise ValueError(f"{name}={tile} must divide the mask's block of {mask_block}")
+
+
+def dot_precision(dtype: torch.dtype, allow_tf32: bool) -> str:
+    """fp32 inputs get exact ``ieee`` dots unless tf32 is asked for; 16-bit inputs ignore it."""
+    return "tf32" if allow_tf32 or dtype != torch.float32 else "ieee"
+
+
+def head_dim_padded(head_dim: int) -> int:
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+# ---------------------------------------------------------------------------------- jit helpers
+
+
+@triton.jit
+def load_rows(
+    base,
+    first_row,
+    offs_rows,
+    offs_d,
+    stride_row,
+    stride_d,
+    n_rows,
+    CHECK_ROWS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    HEAD_DIM_PADDED: tl.constexpr,
+):
+    """Rows ``first_row + offs_rows`` of a (rows, HEAD_DIM) matrix: a [ROWS, HEAD_DIM_PADDED] tile,
+    zero past ``n_rows`` (when CHECK_ROWS) and past HEAD_DIM (when the head dim is padded)."""
+    row_base = base + tl.cast(first_row, tl.int64) * stride_row
+    ptrs = row_base + offs_rows[:, None] * stride_row + offs_d[None, :] * stride_d
+    if CHECK_ROWS:
+        if HEAD_DIM == HEAD_DIM_PADDED:
+            tile = tl.load(ptrs, mask=(first_row + offs_rows)[:, None] < n_rows, other=0.0)
+        else:
+            in_bounds = ((first_row + offs_rows)[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM)
+            tile = tl.load(ptrs, mask=in_bounds, other=0.0)
+    else:
+        if HEAD_DIM == HEAD_DIM_PADDED:
+            tile = tl.load(ptrs)
+        else:
+            tile = tl.load(ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+    return tile
+
+
+@triton.jit
+def store_rows(
+    base,
+    first_row,
+    offs_rows,
+    offs_d,
+    stride_row,
+    stride_d,
+    n_rows,
+    tile,
+    HEAD_DIM: tl.constexpr,
+):
+    """Write a [ROWS, HEAD_DIM_PADDED] tile to rows ``first_row + offs_rows``, inside bounds only."""
+    row_base = base + tl.cast(first_row, tl.int64) * stride_row
+    ptrs = row_base + offs_rows[:, None] * stride_row + offs_d[None, :] * stride_d
+    in_bounds = ((first_row + offs_rows)[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM)
+    tl.store(ptrs, tile, mask=in_bounds)
+
+
+@triton.jit
+def load_tile_mask(
+    tiles,
+    tile_id,
+    first_row_in_tile,
+    first_col_in_tile,
+    offs_rows,
+    offs_cols,
+    MASK_BLOCK_M: tl.constexpr,
+    MASK_BLOCK_N: tl.constexpr,
+):
+    """The part of partial tile ``tile_id`` seen by a [ROWS, COLS] kernel tile, as bool.
+
+    ``offs_rows`` index queries and ``offs_cols`` keys; pass them as [ROWS, 1] and [1, COLS] (query-
+    major) or [1, ROWS] and [COLS, 1] (key-major, for dK/dV) to get either orientation.
+    """
+    tile_base = tiles + tl.cast(tile_id, tl.int64) * (MASK_BLOCK_M * MASK_BLOCK_N)
+    ptrs = tile_base + (first_row_in_tile + offs_rows) * MASK_BLOCK_N + (first_col_in_tile + offs_cols)
+    return tl.load(ptrs) != 0

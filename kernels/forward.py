@@ -1,0 +1,242 @@
+"""Block-sparse FlashAttention forward (FlashAttention-2 order).
+
+Notation: see ``common.py``. One program per (kernel query tile, batch * q head):
+
+    o[i]   = sum_j softmax_j(scale * q[i] . k[j] over allowed j) * v[j]          [BLOCK_M, D]
+    lse[i] = log sum_j exp(scale * q[i] . k[j]) over allowed j (natural log)     [BLOCK_M]
+
+The program loads its Q tile once and walks its mask row: first the *full* blocks (every pair
+allowed, never padded: no mask code at all), then the *partial* blocks (their uint8 tile masks the
+scores with -inf; K/V loads are bounds-checked because a partial block may hang past kv_len). Empty
+blocks are never touched. For the pattern ``dense`` no list is read: the program walks every key
+tile and masks only the last one, when kv_len is not a multiple of BLOCK_N.
+
+[Note] Base-2 online softmax and fully masked rows
+    Scores are kept as ``s2 = q.k * scale * log2(e)`` so each exponential is one ``exp2``; the
+    running max ``m_i`` and the final lse are in the same base-2 units until the end, where
+    ``lse = (m_i + log2(l_i)) * ln(2)``.
+    A row may have no allowed key in a tile, or in the whole row (``causal`` with q_len > kv_len,
+    ``causal - local(10)``...). Then ``m_new`` is -inf and the textbook update
+    ``exp2(m_i - m_new)`` is ``exp2(-inf + inf)`` = NaN. Masked steps therefore subtract
+    ``m_safe`` (0 where ``m_new`` is -inf): p = exp2(-inf - 0) = 0 and alpha = exp2(-inf - 0) = 0,
+    so the row's state stays exactly (m=-inf, l=0, acc=0). At the end such a row divides by 1
+    instead of 0 and stores o = 0 and lse = -inf. Full blocks have an allowed key in every row, so
+    their unmasked steps always see a finite ``m_new`` and skip the guard.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .common import (
+    LN2_JIT,
+    LOG2E,
+    ForwardConfig,
+    check_tile,
+    default_forward_config,
+    dot_precision,
+    head_dim_padded,
+    load_rows,
+    load_tile_mask,
+    new_output,
+    store_rows,
+)
+
+# How a step masks its scores.
+_NO_MASK = tl.constexpr(0)  # full block (or a whole dense tile): nothing to mask
+_TILE_MASK = tl.constexpr(1)  # partial block: the uint8 tile (0 also on padding)
+_BOUNDS_MASK = tl.constexpr(2)  # last tile of a dense row: keys past kv_len
+
+
+@triton.jit
+def _online_softmax_step(
+    acc,
+    m_i,
+    l_i,
+    q,
+    k_base,
+    v_base,
+    start_n,
+    offs_n,
+    offs_d,
+    stride_kn,
+    stride_kd,
+    stride_vn,
+    stride_vd,
+    kv_len,
+    qk_scale,
+    allowed,
+    MASK_MODE: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    HEAD_DIM_PADDED: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """Fold keys ``start_n + offs_n`` into the running (acc, m_i, l_i) of one query tile."""
+    check_rows = MASK_MODE != _NO_MASK
+    k = load_rows(k_base, start_n, offs_n, offs_d, stride_kn, stride_kd, kv_len, check_rows, HEAD_DIM, HEAD_DIM_PADDED)  # [BLOCK_N, D]
+    v = load_rows(v_base, start_n, offs_n, offs_d, stride_vn, stride_vd, kv_len, check_rows, HEAD_DIM, HEAD_DIM_PADDED)  # [BLOCK_N, D]
+    scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N], base 2
+    if MASK_MODE == _TILE_MASK:
+        scores = tl.where(allowed, scores, float("-inf"))
+    if MASK_MODE == _BOUNDS_MASK:
+        scores = tl.where((start_n + offs_n)[None, :] < kv_len, scores, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(scores, 1))  # [BLOCK_M]
+    if MASK_MODE == _NO_MASK:
+        m_shift = m_new
+    else:
+        # See [Note] in the module docstring: a row with no key so far must not produce NaN.
+        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.math.exp2(scores - m_shift[:, None])  # [BLOCK_M, BLOCK_N]
+    alpha = tl.math.exp2(m_i - m_shift)  # [BLOCK_M]: rescales what was summed under the old max
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _attention_forward_kernel(
+    Q, K, V, Out, Lse,
+    full_kv_offsets, full_kv_indices, partial_kv_offsets, partial_kv_indices, partial_kv_tiles, tiles,
+    stride_qb, stride_qh, stride_qm, stride_qd,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_ob, stride_oh, stride_om, stride_od,
+    n_q_heads, q_len, kv_len, qk_scale,
+    GROUP_SIZE: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    HEAD_DIM_PADDED: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    MASK_BLOCK_M: tl.constexpr,
+    MASK_BLOCK_N: tl.constexpr,
+    IS_DENSE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    start_m = tl.program_id(0) * BLOCK_M
+    batch_head = tl.program_id(1)
+    batch = batch_head // n_q_heads
+    q_head = batch_head % n_q_heads
+    kv_head = q_head // GROUP_SIZE  # GQA/MQA: query heads share a kv head, k and v are not copied
+
+    q_base = Q + tl.cast(batch, tl.int64) * stride_qb + tl.cast(q_head, tl.int64) * stride_qh
+    k_base = K + tl.cast(batch, tl.int64) * stride_kb + tl.cast(kv_head, tl.int64) * stride_kh
+    v_base = V + tl.cast(batch, tl.int64) * stride_vb + tl.cast(kv_head, tl.int64) * stride_vh
+    o_base = Out + tl.cast(batch, tl.int64) * stride_ob + tl.cast(q_head, tl.int64) * stride_oh
+    lse_base = Lse + tl.cast(batch_head, tl.int64) * q_len
+
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM_PADDED)
+
+    q = load_rows(q_base, start_m, offs_m, offs_d, stride_qm, stride_qd, q_len, True, HEAD_DIM, HEAD_DIM_PADDED)  # [BLOCK_M, D]
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM_PADDED], dtype=tl.float32)
+
+    if IS_DENSE:
+        n_whole_tiles = kv_len // BLOCK_N
+        for tile in range(0, n_whole_tiles):
+            acc, m_i, l_i = _online_softmax_step(
+                acc, m_i, l_i, q, k_base, v_base, tile * BLOCK_N, offs_n, offs_d,
+                stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
+                _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION,
+            )  # fmt: skip
+        if n_whole_tiles * BLOCK_N < kv_len:
+            acc, m_i, l_i = _online_softmax_step(
+                acc, m_i, l_i, q, k_base, v_base, n_whole_tiles * BLOCK_N, offs_n, offs_d,
+                stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
+                _BOUNDS_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION,
+            )  # fmt: skip
+    else:
+        # The mask row holding this kernel tile, and where the tile sits inside the mask's tiles.
+        mask_row = start_m // MASK_BLOCK_M
+        row_in_tile = start_m % MASK_BLOCK_M
+        # One loop step per kernel tile: a mask block is N_STEPS consecutive steps.
+        N_STEPS: tl.constexpr = MASK_BLOCK_N // BLOCK_N
+
+        full_begin = tl.load(full_kv_offsets + mask_row)
+        full_end = tl.load(full_kv_offsets + mask_row + 1)
+        for step in range(full_begin * N_STEPS, full_end * N_STEPS):
+            kv_block = tl.load(full_kv_indices + step // N_STEPS)
+            start_n = kv_block * MASK_BLOCK_N + (step % N_STEPS) * BLOCK_N
+            acc, m_i, l_i = _online_softmax_step(
+                acc, m_i, l_i, q, k_base, v_base, start_n, offs_n, offs_d,
+                stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
+                _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION,
+            )  # fmt: skip
+
+        partial_begin = tl.load(partial_kv_offsets + mask_row)
+        partial_end = tl.load(partial_kv_offsets + mask_row + 1)
+        for step in range(partial_begin * N_STEPS, partial_end * N_STEPS):
+            kv_block = tl.load(partial_kv_indices + step // N_STEPS)
+            tile_id = tl.load(partial_kv_tiles + step // N_STEPS)
+            col_in_tile = (step % N_STEPS) * BLOCK_N
+            allowed = load_tile_mask(
+                tiles, tile_id, row_in_tile, col_in_tile, offs_m[:, None], offs_n[None, :], MASK_BLOCK_M, MASK_BLOCK_N
+            )  # [BLOCK_M, BLOCK_N]
+            acc, m_i, l_i = _online_softmax_step(
+                acc, m_i, l_i, q, k_base, v_base, kv_block * MASK_BLOCK_N + col_in_tile, offs_n, offs_d,
+                stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, allowed,
+                _TILE_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION,
+            )  # fmt: skip
+
+    # Rows with no allowed key: divide by 1 (acc is 0) and report lse = -inf. See [Note].
+    has_key = l_i > 0.0
+    l_safe = tl.where(has_key, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    lse = tl.where(has_key, (m_i + tl.math.log2(l_safe)) * LN2_JIT, float("-inf"))
+    store_rows(o_base, start_m, offs_m, offs_d, stride_om, stride_od, q_len, out.to(Out.dtype.element_ty), HEAD_DIM)
+    tl.store(lse_base + start_m + offs_m, lse, mask=(start_m + offs_m) < q_len)
+
+
+def attention_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask,
+    scale: float,
+    *,
+    allow_tf32: bool = False,
+    config: ForwardConfig | None = None,
+    out: torch.Tensor | None = None,
+    lse: torch.Tensor | None = None,
+):
+    """Launch the forward kernel. Returns ``(out, lse)``: out like ``q``, lse float32 (B, Hq, Lq).
+
+    ``q`` (B, Hq, Lq, D), ``k``/``v`` (B, Hkv, Lk, D) with any strides; ``mask`` a BlockMask for
+    (Lq, Lk) on q's device. Inputs are assumed checked (``sparseflash.attention`` does that).
+    ``config`` overrides the kernel tiles and launch settings; ``out``/``lse`` may be given to write into.
+    """
+    batch, n_q_heads, q_len, head_dim = q.shape
+    n_kv_heads, kv_len = k.shape[1], k.shape[2]
+    padded = head_dim_padded(head_dim)
+    if config is None:
+        config = default_forward_config(padded, q.dtype, mask.block_m, mask.block_n, q_len, kv_len)
+    check_tile("block_m", config.block_m, mask.block_m, mask.is_dense)
+    check_tile("block_n", config.block_n, mask.block_n, mask.is_dense)
+    if out is None:
+        out = new_output(q.shape, q.dtype, q.device)
+    if lse is None:
+        lse = new_output((batch, n_q_heads, q_len), torch.float32, q.device)
+    grid = (triton.cdiv(q_len, config.block_m), batch * n_q_heads)
+    _attention_forward_kernel[grid](
+        q, k, v, out, lse,
+        mask.full_kv_offsets, mask.full_kv_indices, mask.partial_kv_offsets, mask.partial_kv_indices,
+        mask.partial_kv_tiles, mask.tiles,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+        n_q_heads, q_len, kv_len, scale * LOG2E,
+        GROUP_SIZE=n_q_heads // n_kv_heads,
+        HEAD_DIM=head_dim,
+        HEAD_DIM_PADDED=padded,
+        BLOCK_M=config.block_m,
+        BLOCK_N=config.block_n,
+        MASK_BLOCK_M=mask.block_m,
+        MASK_BLOCK_N=mask.block_n,
+        IS_DENSE=mask.is_dense,
+        DOT_PRECISION=dot_precision(q.dtype, allow_tf32),
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )  # fmt: skip
+    return out, lse
