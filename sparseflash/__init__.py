@@ -7,7 +7,7 @@ Importing the package is light: triton is imported when a kernel first runs, mat
 picture is first drawn.
 """
 
-from .blockmask import BlockMask, compile_mask, mask_from_dense
+from .blockmask import BlockMask, SparsityWarning, compile_mask, mask_from_dense
 from .errors import PatternError
 from .parsing import PRIMITIVES, parse
 from .pattern import Pattern
@@ -22,7 +22,7 @@ _LAZY = {
     "explain": "sparseflash.viz",
 }
 
-__all__ = ["BlockMask", "Pattern", "PatternError", "PRIMITIVES", "compile_mask", "mask_from_dense", "parse", *_LAZY]
+__all__ = ["BlockMask", "SparsityWarning", "Pattern", "PatternError", "PRIMITIVES", "compile_mask", "mask_from_dense", "parse", *_LAZY]
 
 
 def __getattr__(name):

@@ -17,6 +17,7 @@ number of non-empty blocks only:
 from __future__ import annotations
 
 import threading
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from .parsing import parse
-from .pattern import EMPTY, FULL, PARTIAL, Dense, Pattern, TileGeometry
+from .pattern import EMPTY, FULL, PARTIAL, Dense, Pattern, Strided, TileGeometry
 
 # Tiles are computed this many at a time, bounding the temporary arrays to ~64 MB.
 _TILES_PER_BATCH = 256
@@ -294,7 +295,29 @@ def _allowed_pairs(geometry: TileGeometry, rows, cols, classes, tile_of_block, t
     return int((row_count * col_count).sum() + tile_population[tile_of_block[~full]].sum())
 
 
+def _leaves(pattern: Pattern):
+    yield pattern
+    for child in getattr(pattern, "children", ()):
+        yield from _leaves(child)
+
+
+def _warn_about_dense_strides(pattern: Pattern, geometry: TileGeometry) -> None:
+    for node in _leaves(pattern):
+        if isinstance(node, Strided) and node.stride < geometry.block_m + geometry.block_n:
+            warnings.warn(
+                f"{node} leaves no empty {geometry.block_m}x{geometry.block_n} block: every block holds a "
+                f"multiple of the stride, so it costs as much as dense attention for the blocks it touches",
+                SparsityWarning,
+                stacklevel=4,
+            )
+
+
+class SparsityWarning(UserWarning):
+    """A pattern that the block mask cannot make cheaper than dense attention."""
+
+
 def _build(pattern: Pattern, geometry: TileGeometry, device: torch.device) -> BlockMask:
+    _warn_about_dense_strides(pattern, geometry)
     rows, cols, classes = _classify(pattern, geometry)
     rows, cols, classes, tile_of_block, tiles = _refine_partial(pattern, geometry, rows, cols, classes)
     parts = []

@@ -10,6 +10,9 @@ from sparseflash.blockmask import _CACHE, ascii_grid, reduce_grid
 
 EMPTY, PARTIAL, FULL = 0, 1, 2
 
+# Small strides on purpose: the warning they raise is tested on its own below.
+pytestmark = pytest.mark.filterwarnings("ignore::sparseflash.SparsityWarning")
+
 PATTERNS = [
     "dense", "causal", "local(5)", "local(3, 17)", "local(0)", "global(7)", "sink(20)", "strided(7)",
     "strided(300)", "strided(1)", "butterfly(16)", "butterfly(8, 2)", "butterfly(64)", "butterfly(3)", "chunk(40)",
@@ -171,3 +174,18 @@ def test_candidate_blocks_grow_with_the_band_not_the_square():
     rows, cols = parse("local(256) & causal").candidate_blocks(geometry)
     assert rows.size <= 5 * geometry.n_q_blocks  # the band: 5 blocks a row; causal alone would give 4096
     assert np.all(np.diff(rows) >= 0)
+
+
+def test_strides_that_fill_every_block_warn():
+    from sparseflash.blockmask import SparsityWarning
+
+    with pytest.warns(SparsityWarning, match="strided\\(64\\) leaves no empty 128x128 block"):
+        compile_mask("strided(64) + local(3)", 1024, block_m=128, block_n=128)
+
+
+def test_sparse_strides_do_not_warn():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compile_mask("strided(256) + local(3)", 1024, block_m=128, block_n=128)
