@@ -260,7 +260,7 @@ def _refine_partial(pattern: Pattern, geometry: TileGeometry, rows, cols, classe
     )
     representative, key_index = _group_equal_rows(keys)
     tiles = _compute_tiles(pattern, geometry, p_rows[representative], p_cols[representative])
-    population = tiles.sum(axis=(1, 2))
+    population = np.count_nonzero(tiles, axis=(1, 2))
     padded = (valid_rows < bm) | (valid_cols < bn)
     tile_empty = population[key_index] == 0
     tile_full = (population[key_index] == bm * bn) & ~padded
@@ -269,7 +269,7 @@ def _refine_partial(pattern: Pattern, geometry: TileGeometry, rows, cols, classe
     classes[partial[tile_full]] = FULL
     # Keep only the tiles that some block still uses, renumbered densely.
     still_partial = ~tile_empty & ~tile_full
-    used = np.unique(key_index[still_partial])
+    used = np.flatnonzero(np.bincount(key_index[still_partial], minlength=tiles.shape[0]))
     renumber = np.full(tiles.shape[0], -1, dtype=np.int64)
     renumber[used] = np.arange(used.size)
     tile_of_block[partial[still_partial]] = renumber[key_index[still_partial]]
@@ -291,7 +291,7 @@ def _allowed_pairs(geometry: TileGeometry, rows, cols, classes, tile_of_block, t
     row_count = row_last - (rows[full] * geometry.block_m + geometry.offset) + 1
     _, col_last = geometry.col_positions(cols[full])
     col_count = col_last - cols[full] * geometry.block_n + 1
-    tile_population = tiles.sum(axis=(1, 2))
+    tile_population = np.count_nonzero(tiles, axis=(1, 2))
     return int((row_count * col_count).sum() + tile_population[tile_of_block[~full]].sum())
 
 
