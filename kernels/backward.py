@@ -163,7 +163,7 @@ def _attention_backward_dkdv_kernel(
 
     mask_col = start_n // MASK_BLOCK_N
     col_in_tile = start_n % MASK_BLOCK_N
-    M_STEPS: tl.constexpr = MASK_BLOCK_M // BLOCK_M  # loop steps per mask block
+    M_STEPS = MASK_BLOCK_M // BLOCK_M  # loop steps per mask block
 
     for member in range(0, GROUP_SIZE):
         q_head = kv_head * GROUP_SIZE + member
@@ -323,7 +323,7 @@ def _attention_backward_dq_kernel(
     else:
         mask_row = start_m // MASK_BLOCK_M
         row_in_tile = start_m % MASK_BLOCK_M
-        N_STEPS: tl.constexpr = MASK_BLOCK_N // BLOCK_N  # loop steps per mask block
+        N_STEPS = MASK_BLOCK_N // BLOCK_N  # loop steps per mask block
         full_begin = tl.load(full_kv_offsets + mask_row)
         full_end = tl.load(full_kv_offsets + mask_row + 1)
         for step in range(full_begin * N_STEPS, full_end * N_STEPS):

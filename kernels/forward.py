@@ -154,7 +154,7 @@ def _attention_forward_kernel(
         mask_row = start_m // MASK_BLOCK_M
         row_in_tile = start_m % MASK_BLOCK_M
         # One loop step per kernel tile: a mask block is N_STEPS consecutive steps.
-        N_STEPS: tl.constexpr = MASK_BLOCK_N // BLOCK_N
+        N_STEPS = MASK_BLOCK_N // BLOCK_N
 
         full_begin = tl.load(full_kv_offsets + mask_row)
         full_end = tl.load(full_kv_offsets + mask_row + 1)
