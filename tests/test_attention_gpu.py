@@ -1,0 +1,174 @@
+"""GPU tier: the Triton kernels at real sizes against the float64 oracle, and against FlexAttention.
+
+Run on a CUDA machine (through the device tool): ``pytest -m gpu tests/test_attention_gpu.py -s``.
+Skipped elsewhere (conftest). Each case prints one summary line (with ``-s``): the kernel's error
+and the same-precision reference's error for out, lse, dq, dk, dv.
+
+The oracle is dense attention in float64 on the GPU on ``pattern.dense_mask``; the rule is DESIGN.md's
+(error <= 2x the same-precision reference's error + a rounding floor). Sparse patterns are also run
+through FlexAttention with a ``mask_mod`` built from the pattern's exact predicate: an independent
+implementation of the same mask, which must pass the same rule.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from attention_oracle import check_close, forward_and_grads, max_error, reference_attention
+
+import sparseflash
+from sparseflash.attention import attention
+
+pytestmark = pytest.mark.gpu
+NAMES = ("out", "lse", "dq", "dk", "dv")
+
+
+@pytest.fixture(autouse=True)
+def poison_outputs(monkeypatch):
+    common = pytest.importorskip("sparseflash.kernels.common")
+    monkeypatch.setattr(common, "POISON_OUTPUTS", True)
+
+
+def make_inputs(batch, n_q_heads, n_kv_heads, q_len, kv_len, head_dim, dtype, seed):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, device="cuda", dtype=torch.float32).to(dtype)
+
+    q = randn(batch, n_q_heads, q_len, head_dim)
+    k = randn(batch, n_kv_heads, kv_len, head_dim)
+    v = randn(batch, n_kv_heads, kv_len, head_dim)
+    return q, k, v, randn(batch, n_q_heads, q_len, head_dim), randn(batch, n_q_heads, q_len).float()
+
+
+def summarize(case_id, got, same, oracle):
+    cells = [f"{name} {max_error(g, o):.1e}/{max_error(s, o):.1e}" for name, g, s, o in zip(NAMES, got, same, oracle)]
+    print(f"\n[gpu] {case_id:44s} kernel/ref: " + "  ".join(cells))
+
+
+def check_case(case_id, run, q, k, v, dout, dlse, allowed):
+    got = forward_and_grads(run, q, k, v, dout, dlse)
+    oracle = forward_and_grads(lambda *t: reference_attention(*t, allowed), q, k, v, dout, dlse)
+    same = forward_and_grads(lambda *t: reference_attention(*t, allowed, compute_dtype=q.dtype), q, k, v, dout, dlse)
+    summarize(case_id, got, same, oracle)
+    for name, g, s, o in zip(NAMES, got, same, oracle):
+        check_close(name, g, s, o, q.dtype)
+    return got, same, oracle
+
+
+# (pattern, batch, Hq, Hkv, Lq, Lk, D, dtype): a cross-section rather than a product, to stay
+# within a few minutes including Triton's compilation of each (dtype, D, dense) variant.
+CASES = [
+    ("dense", 2, 4, 2, 1024, 1024, 64, torch.bfloat16),
+    ("dense", 1, 2, 2, 4096, 3000, 128, torch.float16),
+    ("causal", 1, 2, 1, 16384, 16384, 128, torch.bfloat16),
+    ("causal", 1, 2, 2, 3000, 2048, 64, torch.float16),  # Lq > Lk: 952 rows with no key
+    ("local(256)+global(4)", 1, 4, 2, 8192, 8192, 128, torch.bfloat16),
+    ("local(256)+global(4)", 2, 4, 1, 1000, 1000, 64, torch.float16),
+    ("local(256)+global(4)", 1, 8, 1, 1, 16384, 128, torch.bfloat16),  # decoding, MQA
+    ("local(1k) & causal", 1, 2, 2, 16384, 16384, 64, torch.bfloat16),
+    ("butterfly(128)", 1, 2, 2, 4096, 4096, 64, torch.bfloat16),
+    ("strided(256) + local(128)", 1, 2, 2, 2048, 2048, 128, torch.float16),
+    ("causal - local(64)", 1, 2, 2, 2048, 2048, 80, torch.bfloat16),  # head dim padded 80 -> 128
+    ("chunk(512) + sink(4)", 1, 2, 1, 4096, 4096, 256, torch.bfloat16),
+    ("causal", 1, 2, 2, 1024, 1024, 64, torch.float32),  # exact (ieee) float32 products
+]
+
+
+def _case_id(case):
+    pattern, batch, n_q, n_kv, q_len, kv_len, head_dim, dtype = case
+    return f"{pattern.replace(' ', '')}-B{batch}-H{n_q}/{n_kv}-{q_len}x{kv_len}-D{head_dim}-{str(dtype)[6:]}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
+def test_against_oracle(case):
+    pattern, batch, n_q, n_kv, q_len, kv_len, head_dim, dtype = case
+    q, k, v, dout, dlse = make_inputs(batch, n_q, n_kv, q_len, kv_len, head_dim, dtype, seed=q_len + head_dim)
+    allowed = sparseflash.parse(pattern).dense_mask(q_len, kv_len, device="cuda")
+    run = lambda *t: attention(*t, pattern, return_lse=True)  # noqa: E731
+    check_case(_case_id(case), run, q, k, v, dout, dlse, allowed)
+
+
+FLEX_CASES = [
+    ("local(256)+global(4)", 1, 4, 2, 4096, 4096, 128, torch.bfloat16),
+    ("butterfly(128)", 1, 2, 2, 2048, 2048, 64, torch.float16),
+    ("causal", 1, 2, 2, 1500, 1000, 64, torch.bfloat16),
+]
+
+
+@pytest.mark.parametrize("case", FLEX_CASES, ids=[_case_id(c) for c in FLEX_CASES])
+def test_against_flex_attention(case):
+    """FlexAttention with a mask_mod from the exact predicate passes the same rule, and so do we."""
+    flex = pytest.importorskip("torch.nn.attention.flex_attention")
+    pattern, batch, n_q, n_kv, q_len, kv_len, head_dim, dtype = case
+    parsed = sparseflash.parse(pattern)
+    offset = kv_len - q_len  # queries aligned to the end of the keys, as in sparseflash
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return parsed.allowed(q_idx + offset, kv_idx)
+
+    block_mask = flex.create_block_mask(mask_mod, None, None, q_len, kv_len, device="cuda")
+
+    def run_flex(q, k, v):
+        # Eager FlexAttention (unfused): slower, but no compile time, and the numbers are what we check.
+        out, lse = flex.flex_attention(q, k, v, block_mask=block_mask, enable_gqa=n_q != n_kv, return_lse=True)
+        return out, lse.float()
+
+    q, k, v, dout, dlse = make_inputs(batch, n_q, n_kv, q_len, kv_len, head_dim, dtype, seed=5)
+    allowed = parsed.dense_mask(q_len, kv_len, device="cuda")
+    ours, same, oracle = check_case(_case_id(case) + " ours", lambda *t: attention(*t, pattern, return_lse=True), q, k, v, dout, None, allowed)
+    theirs = forward_and_grads(run_flex, q, k, v, dout, None)
+    summarize(_case_id(case) + " flex", theirs, same, oracle)
+    for name, g, s, o in zip(NAMES, theirs, same, oracle):
+        if name == "lse":
+            # Flex marks rows with no key by its own convention; compare where both are finite.
+            finite = torch.isfinite(o)
+            assert max_error(g[finite], o[finite]) <= 2 * max_error(s, o) + 1e-3, "flex lse"
+            continue
+        check_close("flex " + name, g, s, o, dtype)
+
+
+def test_int64_offsets():
+    """Inputs and output whose second batch starts past element 2**31: offsets must be int64."""
+    from sparseflash.kernels.forward import attention_forward
+
+    batch, heads, length, head_dim = 2, 1, 512, 64
+    batch_stride = 2**31 + 1024
+
+    def huge_view():
+        storage = torch.empty(batch_stride + heads * length * head_dim, dtype=torch.bfloat16, device="cuda")
+        return storage.as_strided((batch, heads, length, head_dim), (batch_stride, length * head_dim, head_dim, 1))
+
+    q, k, v, out = huge_view(), huge_view(), huge_view(), huge_view()
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for t in (q, k, v):
+        t.copy_(torch.randn(t.shape, generator=gen, device="cuda"))
+    out.fill_(float("nan"))
+    mask = sparseflash.compile_mask("local(64)+global(4)", length, length, device="cuda")
+    attention_forward(q, k, v, mask, 1 / math.sqrt(head_dim), out=out)
+    allowed = sparseflash.parse("local(64)+global(4)").dense_mask(length, length, device="cuda")
+    expected, _ = reference_attention(q, k, v, allowed)
+    same, _ = reference_attention(q, k, v, allowed, compute_dtype=torch.bfloat16)
+    check_close("out", out, same, expected, torch.bfloat16)
+
+    # The backward reads the same huge views (leaves themselves: a clone would be contiguous).
+    dout = torch.randn(q.shape, generator=gen, device="cuda").to(torch.bfloat16)
+    leaves = [t.requires_grad_(True) for t in (q, k, v)]
+    got_out, got_lse = attention(*leaves, mask, return_lse=True)
+    got = (got_out.detach(), got_lse.detach(), *torch.autograd.grad(got_out, leaves, dout))
+    inputs = [t.detach() for t in leaves]
+    oracle = forward_and_grads(lambda *t: reference_attention(*t, allowed), *inputs, dout)
+    same = forward_and_grads(lambda *t: reference_attention(*t, allowed, compute_dtype=torch.bfloat16), *inputs, dout)
+    for name, g, s, o in zip(NAMES, got, same, oracle):
+        check_close(name, g, s, o, torch.bfloat16)
+
+
+def test_deterministic_backward_on_gpu():
+    q, k, v, dout, dlse = make_inputs(1, 8, 2, 4096, 4096, 128, torch.bfloat16, seed=3)
+    run = lambda *t: attention(*t, "local(256)+global(4)", return_lse=True)  # noqa: E731
+    first = forward_and_grads(run, q, k, v, dout, dlse)
+    second = forward_and_grads(run, q, k, v, dout, dlse)
+    for name, a, b in zip(NAMES, first, second):
+        assert torch.equal(a, b), f"{name} differs between two runs"
