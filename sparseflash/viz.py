@@ -140,7 +140,8 @@ def safe_file_name(patterns, suffix: str = "") -> str:
     for pattern in patterns:
         text = str(parse(pattern))
         text = text.replace("&", " and ").replace(" - ", " minus ").replace("~", " not ")
-        stem = re.sub(r"[^A-Za-z0-9+]+", "_", text.replace(" + ", "+")).strip("_")
+        text = text.replace(")", "").replace(" + ", "+")
+        stem = re.sub(r"[^A-Za-z0-9+]+", "_", text).strip("_")
         stems.append(stem)
     stem = "__vs__".join(stems) + suffix
     if len(stem) > 120:
