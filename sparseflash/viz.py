@@ -214,10 +214,10 @@ def render_ascii(
     kv_len = q_len if kv_len is None else kv_len
     width = width or shutil.get_terminal_size((80, 24)).columns
     mask = compile_mask(pattern, q_len, kv_len, block_m=block_m, block_n=block_n)
-    header = [str(pattern), f"{_sizes_text(mask)}, density {_percent(mask.density())}, "
-              f"blocks {_percent(mask.block_density())} non-empty"]  # fmt: skip
+    header = [str(pattern), _sizes_text(mask),
+              f"pairs allowed {_percent(mask.density())}, blocks run {_percent(mask.block_density())}"]  # fmt: skip
     if tokens is not None:
-        return "\n".join(header + _ascii_tokens(pattern, q_len, kv_len, tokens, width, max_rows))
+        return "\n".join(_wrapped(header, width) + _ascii_tokens(pattern, q_len, kv_len, tokens, width, max_rows))
     n_q, n_kv = mask.n_q_blocks, mask.n_kv_blocks
     margin = len(str(n_q - 1)) + 1
     max_cols = max(width - margin - 2, 8)
@@ -226,10 +226,17 @@ def render_ascii(
     grid = block_classes(mask, max_rows, max_cols)
     scale = "one character = one block" if row_step == col_step == 1 else (
         f"one character = {row_step}×{col_step} blocks, strongest class shown")
-    legend = f"█ full   ░ partial   (blank) empty\nrows: query blocks, columns: key blocks; {scale}"
+    legend = ["█ full   ░ partial   (blank) empty", "rows: query blocks; columns: key blocks", scale]
     body = ascii_grid(torch.from_numpy(grid), *grid.shape)
     framed = _framed(body, *grid.shape, *_grid_marks(grid.shape, (row_step, col_step), (0, 0)), "key blocks →")
-    return "\n".join(header + [legend] + framed)
+    return "\n".join(_wrapped(header + legend, width) + framed)
+
+
+def _wrapped(lines: list[str], width: int) -> list[str]:
+    """Lines folded at spaces to ``width`` characters (a long pattern stays whole if it has to)."""
+    import textwrap
+
+    return [part for line in lines for part in (textwrap.wrap(line, width, break_long_words=False) or [""])]
 
 
 def _ascii_tokens(pattern, q_len, kv_len, window, width, max_rows) -> list[str]:
@@ -243,10 +250,10 @@ def _ascii_tokens(pattern, q_len, kv_len, window, width, max_rows) -> list[str]:
     grid = reduce_grid(torch.from_numpy(allowed.astype(np.int8) * FULL), max_rows, max_cols)
     scale = "one character = one token pair" if row_step == col_step == 1 else (
         f"one character = {row_step}×{col_step} tokens, marked if any pair is allowed")
-    legend = f"queries {i0}:{i1} × keys {j0}:{j1}   █ allowed   (blank) not allowed\n{scale}"
+    legend = [f"queries {i0}:{i1} × keys {j0}:{j1}", "█ allowed   (blank) not allowed", scale]
     body = ascii_grid(grid, *grid.shape)
     framed = _framed(body, *grid.shape, *_grid_marks(grid.shape, (row_step, col_step), (i0, j0)), "keys →")
-    return [legend] + framed
+    return _wrapped(legend, width) + framed
 
 
 # ------------------------------------------------------------------------------------- pictures
