@@ -38,6 +38,7 @@ from .common import (
     load_rows,
     load_tile_mask,
     new_output,
+    on_device_of,
     store_rows,
 )
 
@@ -393,16 +394,6 @@ def attention_backward(
     delta = new_output((batch, n_q_heads, q_len), torch.float32, q.device)
     if dlse is not None:
         dlse = dlse.to(torch.float32).contiguous()
-    _preprocess_kernel[(triton.cdiv(q_len, preprocess_block_m), batch * n_q_heads)](
-        out, dout, dlse if dlse is not None else delta, delta,
-        *out.stride(), *dout.stride(),
-        n_q_heads, q_len,
-        HAS_DLSE=dlse is not None,
-        HEAD_DIM=head_dim,
-        HEAD_DIM_PADDED=padded,
-        BLOCK_M=preprocess_block_m,
-    )  # fmt: skip
-
     dq = new_output(q.shape, q.dtype, q.device)
     dk = new_output(k.shape, k.dtype, k.device)
     dv = new_output(v.shape, v.dtype, v.device)
@@ -417,24 +408,35 @@ def attention_backward(
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
-    _attention_backward_dkdv_kernel[(triton.cdiv(kv_len, config.block_n1), batch * n_kv_heads)](
-        q, k, v, dout, lse, delta, dk, dv,
-        mask.full_q_offsets, mask.full_q_indices, mask.partial_q_offsets, mask.partial_q_indices,
-        mask.partial_q_tiles, mask.tiles,
-        *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(),
-        n_kv_heads, q_len, kv_len, scale * LOG2E, scale,
-        BLOCK_M=config.block_m1,
-        BLOCK_N=config.block_n1,
-        **common,
-    )  # fmt: skip
-    _attention_backward_dq_kernel[(triton.cdiv(q_len, config.block_m2), batch * n_q_heads)](
-        q, k, v, dout, lse, delta, dq,
-        mask.full_kv_offsets, mask.full_kv_indices, mask.partial_kv_offsets, mask.partial_kv_indices,
-        mask.partial_kv_tiles, mask.tiles,
-        *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(),
-        n_q_heads, q_len, kv_len, scale * LOG2E, scale,
-        BLOCK_M=config.block_m2,
-        BLOCK_N=config.block_n2,
-        **common,
-    )  # fmt: skip
+    with on_device_of(q):
+        _preprocess_kernel[(triton.cdiv(q_len, preprocess_block_m), batch * n_q_heads)](
+            out, dout, dlse if dlse is not None else delta, delta,
+            *out.stride(), *dout.stride(),
+            n_q_heads, q_len,
+            HAS_DLSE=dlse is not None,
+            HEAD_DIM=head_dim,
+            HEAD_DIM_PADDED=padded,
+            BLOCK_M=preprocess_block_m,
+        )  # fmt: skip
+
+        _attention_backward_dkdv_kernel[(triton.cdiv(kv_len, config.block_n1), batch * n_kv_heads)](
+            q, k, v, dout, lse, delta, dk, dv,
+            mask.full_q_offsets, mask.full_q_indices, mask.partial_q_offsets, mask.partial_q_indices,
+            mask.partial_q_tiles, mask.tiles,
+            *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(),
+            n_kv_heads, q_len, kv_len, scale * LOG2E, scale,
+            BLOCK_M=config.block_m1,
+            BLOCK_N=config.block_n1,
+            **common,
+        )  # fmt: skip
+        _attention_backward_dq_kernel[(triton.cdiv(q_len, config.block_m2), batch * n_q_heads)](
+            q, k, v, dout, lse, delta, dq,
+            mask.full_kv_offsets, mask.full_kv_indices, mask.partial_kv_offsets, mask.partial_kv_indices,
+            mask.partial_kv_tiles, mask.tiles,
+            *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(),
+            n_q_heads, q_len, kv_len, scale * LOG2E, scale,
+            BLOCK_M=config.block_m2,
+            BLOCK_N=config.block_n2,
+            **common,
+        )  # fmt: skip
     return dq, dk, dv

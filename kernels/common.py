@@ -15,6 +15,7 @@ Offsets: batch and head offsets, and a tile's first row, are multiplied out in i
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +36,13 @@ def new_output(shape, dtype, device) -> torch.Tensor:
     if POISON_OUTPUTS:
         out.fill_(float("nan"))
     return out
+
+
+def on_device_of(tensor: torch.Tensor):
+    """Triton launches on the current CUDA device: make it the tensor's (inputs on cuda:1 work)."""
+    if tensor.is_cuda:
+        return torch.cuda.device(tensor.device)
+    return contextlib.nullcontext()
 
 
 # ---------------------------------------------------------------------------------------- tuning

@@ -41,6 +41,7 @@ from .common import (
     load_rows,
     load_tile_mask,
     new_output,
+    on_device_of,
     store_rows,
 )
 
@@ -221,22 +222,23 @@ def attention_forward(
     if lse is None:
         lse = new_output((batch, n_q_heads, q_len), torch.float32, q.device)
     grid = (triton.cdiv(q_len, config.block_m), batch * n_q_heads)
-    _attention_forward_kernel[grid](
-        q, k, v, out, lse,
-        mask.full_kv_offsets, mask.full_kv_indices, mask.partial_kv_offsets, mask.partial_kv_indices,
-        mask.partial_kv_tiles, mask.tiles,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        n_q_heads, q_len, kv_len, scale * LOG2E,
-        GROUP_SIZE=n_q_heads // n_kv_heads,
-        HEAD_DIM=head_dim,
-        HEAD_DIM_PADDED=padded,
-        BLOCK_M=config.block_m,
-        BLOCK_N=config.block_n,
-        MASK_BLOCK_M=mask.block_m,
-        MASK_BLOCK_N=mask.block_n,
-        IS_DENSE=mask.is_dense,
-        DOT_PRECISION=dot_precision(q.dtype, allow_tf32),
-        num_warps=config.num_warps,
-        num_stages=config.num_stages,
-    )  # fmt: skip
+    with on_device_of(q):
+        _attention_forward_kernel[grid](
+            q, k, v, out, lse,
+            mask.full_kv_offsets, mask.full_kv_indices, mask.partial_kv_offsets, mask.partial_kv_indices,
+            mask.partial_kv_tiles, mask.tiles,
+            *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+            n_q_heads, q_len, kv_len, scale * LOG2E,
+            GROUP_SIZE=n_q_heads // n_kv_heads,
+            HEAD_DIM=head_dim,
+            HEAD_DIM_PADDED=padded,
+            BLOCK_M=config.block_m,
+            BLOCK_N=config.block_n,
+            MASK_BLOCK_M=mask.block_m,
+            MASK_BLOCK_N=mask.block_n,
+            IS_DENSE=mask.is_dense,
+            DOT_PRECISION=dot_precision(q.dtype, allow_tf32),
+            num_warps=config.num_warps,
+            num_stages=config.num_stages,
+        )  # fmt: skip
     return out, lse

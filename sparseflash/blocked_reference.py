@@ -38,7 +38,6 @@ def blocked_attention(
     k_grouped = k.to(compute_dtype).unsqueeze(2)
     v_grouped = v.to(compute_dtype).unsqueeze(2)
 
-    mask = mask.to("cpu") if mask.device.type != q.device.type else mask
     lists = _row_lists(mask)
     tiles = mask.tiles.to(q.device).bool()
     outputs, lses = [], []

@@ -154,6 +154,17 @@ def test_shapes(case):
     check_against_oracle(run_attention(pattern, block_m=block_m, block_n=block_n), q, k, v, dout, dlse, allowed)
 
 
+def test_gradient_with_zero_strides():
+    """``out.sum().backward()`` hands the backward an expanded dO whose strides are all 0."""
+    q, k, v, _, _ = make_inputs(1, 2, 1, 70, 70, 32, torch.float16, seed=14)
+    dout = torch.ones(1, 1, 1, 1, dtype=torch.float16).expand(1, 2, 70, 32)
+    allowed = sparseflash.parse("local(20)+global(4)").dense_mask(70, 70)
+    check_against_oracle(run_attention("local(20)+global(4)", block_m=32, block_n=32), q, k, v, dout, None, allowed)
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    attention(*leaves, "local(20)+global(4)", block_m=32, block_n=32).sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in leaves)
+
+
 def test_default_blocks_and_scale():
     """No block overrides (the mask picks 128 x 128, shrunk to the lengths) and a custom scale."""
     q, k, v, dout, dlse = make_inputs(1, 2, 1, 150, 150, 64, torch.float16, seed=3)
