@@ -408,8 +408,9 @@ def _draw_tokens(ax, pattern, q_len, kv_len, block_m, block_n, window, max_cells
         Patch(facecolor=CLASS_COLOURS[FULL], edgecolor="#555555", label="allowed"),
         Patch(facecolor=CLASS_COLOURS[EMPTY], edgecolor="#555555", label="not allowed"),
     ]
-    row_lines = range(-(-i0 // block_m) * block_m, i1, block_m) if i1 - i0 > 0 else ()
-    col_lines = range(-(-j0 // block_n) * block_n, j1, block_n) if j1 - j0 > 0 else ()
+    # Boundaries strictly inside the window (its own edges are the frame).
+    row_lines = range((i0 // block_m + 1) * block_m, i1, block_m)
+    col_lines = range((j0 // block_n + 1) * block_n, j1, block_n)
     if 0 < len(row_lines) + len(col_lines) <= 64:
         for i in row_lines:
             ax.axhline(i - 0.5, color="#d62728", linewidth=0.8, linestyle="--")
