@@ -20,6 +20,7 @@ _LAZY = {
     "show": "sparseflash.viz",
     "stats": "sparseflash.viz",
     "explain": "sparseflash.viz",
+    "render_ascii": "sparseflash.viz",
 }
 
 __all__ = ["BlockMask", "SparsityWarning", "Pattern", "PatternError", "PRIMITIVES", "compile_mask", "mask_from_dense", "parse", *_LAZY]

@@ -19,7 +19,6 @@ from __future__ import annotations
 import threading
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,7 +30,26 @@ from .pattern import EMPTY, FULL, PARTIAL, Dense, Pattern, Strided, TileGeometry
 _TILES_PER_BATCH = 256
 
 
-@dataclass(frozen=True, eq=False)
+_TENSOR_NAMES = (
+    "full_kv_offsets", "full_kv_indices", "partial_kv_offsets", "partial_kv_indices", "partial_kv_tiles",
+    "full_q_offsets", "full_q_indices", "partial_q_offsets", "partial_q_indices", "partial_q_tiles", "tiles",
+)  # fmt: skip
+
+
+class _MaskTensor:
+    """One of a BlockMask's tensors; a mask that defers its lists (``dense``) builds them on first read."""
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, mask, owner=None):
+        if mask is None:
+            return self
+        if mask._tensors is None:
+            object.__setattr__(mask, "_tensors", mask._build_tensors())
+        return mask._tensors[self.name]
+
+
 class BlockMask:
     """Which (query block, key block) pairs the kernels run, and how.
 
@@ -53,27 +71,48 @@ class BlockMask:
     ``tiles`` uint8 ``(n_tiles, block_m, block_n)``: the distinct element masks of partial blocks,
     1 where the pair is allowed, 0 where it is not or lies past the sequence end.
 
-    ``is_dense`` is set for the pattern ``dense``: the kernels then read no lists at all.
+    ``is_dense`` is set for the pattern ``dense``: the kernels then read no lists at all, and the
+    mask builds them only if something reads them (at 1M tokens they would hold 67M blocks).
+    Instances are immutable.
     """
 
-    pattern: Pattern | None
-    q_len: int
-    kv_len: int
-    block_m: int
-    block_n: int
-    full_kv_offsets: torch.Tensor
-    full_kv_indices: torch.Tensor
-    partial_kv_offsets: torch.Tensor
-    partial_kv_indices: torch.Tensor
-    partial_kv_tiles: torch.Tensor
-    full_q_offsets: torch.Tensor
-    full_q_indices: torch.Tensor
-    partial_q_offsets: torch.Tensor
-    partial_q_indices: torch.Tensor
-    partial_q_tiles: torch.Tensor
-    tiles: torch.Tensor
-    allowed_pairs: int
-    is_dense: bool = False
+    full_kv_offsets = _MaskTensor()
+    full_kv_indices = _MaskTensor()
+    partial_kv_offsets = _MaskTensor()
+    partial_kv_indices = _MaskTensor()
+    partial_kv_tiles = _MaskTensor()
+    full_q_offsets = _MaskTensor()
+    full_q_indices = _MaskTensor()
+    partial_q_offsets = _MaskTensor()
+    partial_q_indices = _MaskTensor()
+    partial_q_tiles = _MaskTensor()
+    tiles = _MaskTensor()
+
+    def __init__(
+        self,
+        *,
+        pattern: Pattern | None,
+        q_len: int,
+        kv_len: int,
+        block_m: int,
+        block_n: int,
+        allowed_pairs: int,
+        device: torch.device,
+        tensors: dict | None = None,
+        build_tensors=None,
+        is_dense: bool = False,
+    ):
+        if (tensors is None) == (build_tensors is None):
+            raise ValueError("BlockMask needs its tensors or a function that builds them, not both")
+        for name, value in (
+            ("pattern", pattern), ("q_len", q_len), ("kv_len", kv_len), ("block_m", block_m),
+            ("block_n", block_n), ("allowed_pairs", allowed_pairs), ("device", torch.device(device)),
+            ("is_dense", is_dense), ("_tensors", tensors), ("_build_tensors", build_tensors),
+        ):  # fmt: skip
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"BlockMask is immutable; cannot set {name!r}")
 
     # ------------------------------------------------------------------------------------- shape
     @property
@@ -83,10 +122,6 @@ class BlockMask:
     @property
     def n_kv_blocks(self) -> int:
         return -(-self.kv_len // self.block_n)
-
-    @property
-    def device(self) -> torch.device:
-        return self.tiles.device
 
     @property
     def full_kv_counts(self) -> torch.Tensor:
@@ -100,15 +135,26 @@ class BlockMask:
 
     @property
     def n_full(self) -> int:
+        """Number of full blocks."""
+        if self._tensors is None and self.is_dense:
+            return (self.q_len // self.block_m) * (self.kv_len // self.block_n)
         return int(self.full_kv_indices.numel())
 
     @property
     def n_partial(self) -> int:
+        """Number of partial blocks."""
+        if self._tensors is None and self.is_dense:
+            return self.n_q_blocks * self.n_kv_blocks - self.n_full
         return int(self.partial_kv_indices.numel())
 
     # ------------------------------------------------------------------------------------ summaries
     def to_dense(self) -> torch.Tensor:
         """int8 ``(n_q_blocks, n_kv_blocks)`` on the CPU: 0 empty, 1 partial, 2 full."""
+        if self.is_dense:
+            grid = torch.full((self.n_q_blocks, self.n_kv_blocks), FULL, dtype=torch.int8)
+            grid[self.q_len // self.block_m :, :] = PARTIAL  # blocks that reach past a sequence end
+            grid[:, self.kv_len // self.block_n :] = PARTIAL
+            return grid
         grid = torch.zeros(self.n_q_blocks, self.n_kv_blocks, dtype=torch.int8)
         for offsets, indices, value in (
             (self.full_kv_offsets, self.full_kv_indices, FULL),
@@ -142,22 +188,25 @@ class BlockMask:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the mask's tensors."""
-        tensors = (
-            self.full_kv_offsets, self.full_kv_indices, self.partial_kv_offsets, self.partial_kv_indices,
-            self.partial_kv_tiles, self.full_q_offsets, self.full_q_indices, self.partial_q_offsets,
-            self.partial_q_indices, self.partial_q_tiles, self.tiles,
-        )  # fmt: skip
-        return sum(t.numel() * t.element_size() for t in tensors)
+        """Bytes held by the mask's tensors (0 for a ``dense`` mask whose lists were never read)."""
+        if self._tensors is None:
+            return 0
+        return sum(t.numel() * t.element_size() for t in self._tensors.values())
 
     def to(self, device) -> BlockMask:
         """The same mask with its tensors on ``device``."""
         device = torch.device(device)
         if device == self.device:
             return self
-        fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
-        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in fields.items()}
-        return BlockMask(**moved)
+        if self._tensors is None:
+            moved = {"build_tensors": lambda: {k: v.to(device) for k, v in self._build_tensors().items()}}
+        else:
+            moved = {"tensors": {k: v.to(device) for k, v in self._tensors.items()}}
+        return BlockMask(
+            pattern=self.pattern, q_len=self.q_len, kv_len=self.kv_len, block_m=self.block_m,
+            block_n=self.block_n, allowed_pairs=self.allowed_pairs, device=device, is_dense=self.is_dense,
+            **moved,
+        )  # fmt: skip
 
     def __str__(self) -> str:
         head = (
@@ -277,9 +326,20 @@ def _refine_partial(pattern: Pattern, geometry: TileGeometry, rows, cols, classe
     return rows[keep], cols[keep], classes[keep], tile_of_block[keep], tiles[used]
 
 
+def _is_sorted(major: np.ndarray, minor: np.ndarray) -> bool:
+    """Whether the pairs are in strictly ascending (major, minor) order."""
+    step_major, step_minor = np.diff(major), np.diff(minor)
+    return bool(np.all((step_major > 0) | ((step_major == 0) & (step_minor > 0))))
+
+
 def _csr(major: np.ndarray, minor: np.ndarray, n_major: int):
-    """Offsets and minor indices sorted by (major, minor)."""
-    order = np.lexsort((minor, major))
+    """CSR offsets over ``major``, and the order that sorts the blocks by (major, minor)."""
+    if _is_sorted(major, minor):
+        order = np.arange(major.size)  # the compiler's row-major order already
+    elif _is_sorted(minor, major):
+        order = np.argsort(major, kind="stable")  # row-major blocks, wanted column-major
+    else:
+        order = np.lexsort((minor, major))
     offsets = np.zeros(n_major + 1, dtype=np.int64)
     np.cumsum(np.bincount(major, minlength=n_major), out=offsets[1:])
     return offsets, order
@@ -316,45 +376,40 @@ class SparsityWarning(UserWarning):
     """A pattern that the block mask cannot make cheaper than dense attention."""
 
 
-def _build(pattern: Pattern, geometry: TileGeometry, device: torch.device) -> BlockMask:
-    _warn_about_dense_strides(pattern, geometry)
+def _build_tensors(pattern: Pattern, geometry: TileGeometry, device: torch.device) -> tuple[dict, int]:
+    """The mask's tensors (see BlockMask) and the number of allowed pairs."""
     rows, cols, classes = _classify(pattern, geometry)
     rows, cols, classes, tile_of_block, tiles = _refine_partial(pattern, geometry, rows, cols, classes)
-    parts = []
-    for kind in (FULL, PARTIAL):
+    arrays = {}
+    for kind, name in ((FULL, "full"), (PARTIAL, "partial")):
         selected = classes == kind
         block_rows, block_cols, block_tiles = rows[selected], cols[selected], tile_of_block[selected]
         row_offsets, by_row = _csr(block_rows, block_cols, geometry.n_q_blocks)
         col_offsets, by_col = _csr(block_cols, block_rows, geometry.n_kv_blocks)
-        parts.append((row_offsets, block_cols[by_row], block_tiles[by_row], col_offsets, block_rows[by_col], block_tiles[by_col]))
-    (f_row_off, f_row_idx, _, f_col_off, f_col_idx, _), (p_row_off, p_row_idx, p_row_tile, p_col_off, p_col_idx, p_col_tile) = parts
-    arrays = [f_row_off, f_row_idx, p_row_off, p_row_idx, p_row_tile, f_col_off, f_col_idx, p_col_off, p_col_idx, p_col_tile]
+        arrays[f"{name}_kv_offsets"], arrays[f"{name}_kv_indices"] = row_offsets, block_cols[by_row]
+        arrays[f"{name}_q_offsets"], arrays[f"{name}_q_indices"] = col_offsets, block_rows[by_col]
+        if kind == PARTIAL:
+            arrays["partial_kv_tiles"], arrays["partial_q_tiles"] = block_tiles[by_row], block_tiles[by_col]
+    names = [name for name in _TENSOR_NAMES if name != "tiles"]
     # One host buffer and one copy: on a GPU each separate copy would cost a launch and a sync.
-    flat = torch.from_numpy(np.concatenate(arrays).astype(np.int32))
-    flat = flat.to(device) if device.type != "cpu" else flat
-    views = torch.split(flat, [a.size for a in arrays])
-    tile_tensor = torch.from_numpy(tiles.astype(np.uint8))
-    tile_tensor = tile_tensor.to(device) if device.type != "cpu" else tile_tensor
-    return BlockMask(
-        pattern=pattern,
-        q_len=geometry.q_len,
-        kv_len=geometry.kv_len,
-        block_m=geometry.block_m,
-        block_n=geometry.block_n,
-        full_kv_offsets=views[0],
-        full_kv_indices=views[1],
-        partial_kv_offsets=views[2],
-        partial_kv_indices=views[3],
-        partial_kv_tiles=views[4],
-        full_q_offsets=views[5],
-        full_q_indices=views[6],
-        partial_q_offsets=views[7],
-        partial_q_indices=views[8],
-        partial_q_tiles=views[9],
-        tiles=tile_tensor,
-        allowed_pairs=_allowed_pairs(geometry, rows, cols, classes, tile_of_block, tiles),
-        is_dense=isinstance(pattern, Dense),
-    )
+    flat = torch.from_numpy(np.concatenate([arrays[name] for name in names]).astype(np.int32))
+    tensors = dict(zip(names, torch.split(flat.to(device), [arrays[name].size for name in names])))
+    tensors["tiles"] = torch.from_numpy(tiles.astype(np.uint8)).to(device)
+    return tensors, _allowed_pairs(geometry, rows, cols, classes, tile_of_block, tiles)
+
+
+def _build(pattern: Pattern, geometry: TileGeometry, device: torch.device) -> BlockMask:
+    """Compile one mask (uncached)."""
+    _warn_about_dense_strides(pattern, geometry)
+    sizes = dict(q_len=geometry.q_len, kv_len=geometry.kv_len, block_m=geometry.block_m, block_n=geometry.block_n)
+    if isinstance(pattern, Dense):
+        # The kernels read no lists for dense attention: build them only if someone asks.
+        return BlockMask(
+            pattern=pattern, **sizes, allowed_pairs=geometry.q_len * geometry.kv_len, device=device,
+            is_dense=True, build_tensors=lambda: _build_tensors(pattern, geometry, device)[0],
+        )  # fmt: skip
+    tensors, allowed_pairs = _build_tensors(pattern, geometry, device)
+    return BlockMask(pattern=pattern, **sizes, allowed_pairs=allowed_pairs, device=device, tensors=tensors)
 
 
 class _MaskCache:
@@ -399,12 +454,14 @@ def compile_mask(
     block_m: int = 128,
     block_n: int = 128,
     device=None,
+    cache: bool = True,
 ) -> BlockMask:
     """Compile a pattern into a :class:`BlockMask` for ``q_len`` queries and ``kv_len`` keys.
 
     ``kv_len`` defaults to ``q_len``. Time and memory grow with the number of non-empty blocks,
     never with ``q_len * kv_len``. Results are cached by (canonical pattern, q_len, kv_len,
-    block_m, block_n, device): ``local(256)+global(4)`` and ``global(4) + local(256)`` share an entry.
+    block_m, block_n, device): ``local(256)+global(4)`` and ``global(4) + local(256)`` share an
+    entry. ``cache=False`` builds afresh and leaves the cache alone.
     """
     pattern = parse(pattern)
     kv_len = q_len if kv_len is None else kv_len
@@ -413,6 +470,8 @@ def compile_mask(
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     geometry = TileGeometry(int(q_len), int(kv_len), int(block_m), int(block_n))
+    if not cache:
+        return _build(pattern, geometry, device)
     key = (str(pattern), geometry, str(device))
     return _CACHE.get_or_build(key, lambda: _build(pattern, geometry, device))
 

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from .blockmask import BlockMask, _build, _check_sizes, ascii_grid, compile_mask, reduce_grid
+from .blockmask import BlockMask, _check_sizes, ascii_grid, compile_mask, reduce_grid
 from .parsing import parse
 from .pattern import EMPTY, FULL, PARTIAL, Complement, Difference, Pattern, TileGeometry
 
@@ -57,6 +57,12 @@ def block_classes(mask: BlockMask, max_rows: int | None = None, max_cols: int | 
     """
     row_step, col_step = grid_steps(mask.n_q_blocks, mask.n_kv_blocks, max_rows, max_cols)
     n_rows, n_cols = -(-mask.n_q_blocks // row_step), -(-mask.n_kv_blocks // col_step)
+    if mask.is_dense:
+        # Every block is live; only the cells covering a sequence end hold partial blocks.
+        full_rows, full_cols = mask.q_len // mask.block_m, mask.kv_len // mask.block_n
+        grid = np.full((n_rows, n_cols), PARTIAL, dtype=np.int8)
+        grid[: -(-full_rows // row_step) if full_rows else 0, : -(-full_cols // col_step) if full_cols else 0] = FULL
+        return grid
     grid = np.zeros((n_rows, n_cols), dtype=np.int8)
     # Partial first, then full: a cell holding both ends up full, the stronger class.
     for offsets, indices, value in (
@@ -467,9 +473,8 @@ def stats(
     _check_sizes(q_len, kv_len, block_m, block_n)
     if not isinstance(head_dim, int) or head_dim < 1:
         raise ValueError(f"stats: head_dim must be a positive integer, got {head_dim!r}")
-    geometry = TileGeometry(int(q_len), int(kv_len), int(block_m), int(block_n))
     start = time.perf_counter()
-    mask = _build(pattern, geometry, torch.device("cpu"))
+    mask = compile_mask(pattern, q_len, kv_len, block_m=block_m, block_n=block_n, cache=False)
     build_seconds = time.perf_counter() - start
     total = mask.n_q_blocks * mask.n_kv_blocks
     block_density = mask.block_density()
@@ -491,7 +496,7 @@ def stats(
         "flops_exact": 4 * mask.allowed_pairs * head_dim,
         "speedup_bound": (1 / block_density) if block_density > 0 else None,
         "mask_bytes": mask.nbytes,
-        "distinct_tiles": int(mask.tiles.shape[0]),
+        "distinct_tiles": 0 if mask.is_dense else int(mask.tiles.shape[0]),  # dense reads no tiles
         "build_seconds": build_seconds,
     }
 
