@@ -71,9 +71,11 @@ class BackwardConfig:
     num_stages: int
 
 
-# First guesses for an H100/H200-class GPU, keyed by (largest padded head dim, 16-bit?). They are
-# clamped to the mask's block (a kernel tile never spans two mask blocks). Tuned on the device
-# later; larger head dims get smaller tiles so the fp32 accumulators stay in registers.
+# First guesses for an H100/H200-class GPU, keyed by (largest padded head dim, 16-bit?), sized so
+# the fp32 accumulators fit in registers: e.g. dK/dV holds two [block_n1, D] fp32 tiles, 2*64*128
+# floats over 4 warps = 128 registers a thread. float32 inputs use exact (ieee) products, which run
+# on FMA units, so their tiles are small. Tiles are clamped to the mask's block (a kernel tile never
+# spans two mask blocks). To be tuned on the device (issue 5).
 FORWARD_DEFAULTS = {
     (64, True): ForwardConfig(128, 64, num_warps=4, num_stages=3),
     (128, True): ForwardConfig(128, 64, num_warps=8, num_stages=3),
@@ -84,11 +86,11 @@ FORWARD_DEFAULTS = {
 }
 BACKWARD_DEFAULTS = {
     (64, True): BackwardConfig(32, 128, 128, 32, num_warps=4, num_stages=3),
-    (128, True): BackwardConfig(32, 128, 128, 32, num_warps=8, num_stages=2),
+    (128, True): BackwardConfig(32, 64, 64, 32, num_warps=4, num_stages=2),
     (256, True): BackwardConfig(32, 64, 64, 32, num_warps=8, num_stages=1),
     (64, False): BackwardConfig(32, 64, 64, 32, num_warps=4, num_stages=2),
-    (128, False): BackwardConfig(32, 64, 64, 32, num_warps=4, num_stages=1),
-    (256, False): BackwardConfig(16, 32, 32, 16, num_warps=4, num_stages=1),
+    (128, False): BackwardConfig(32, 32, 32, 32, num_warps=4, num_stages=1),
+    (256, False): BackwardConfig(16, 16, 16, 16, num_warps=4, num_stages=1),
 }
 
 
