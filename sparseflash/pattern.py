@@ -191,9 +191,15 @@ class _Band(Pattern):
         raise NotImplementedError
 
     def allowed(self, p, j):
+        # Infinite bounds are left out rather than compared: int32 indices (FlexAttention's)
+        # cannot hold the stand-in for infinity.
         lowest, highest = self.bounds()
         d = p - j
-        return (d >= max(lowest, -_INF)) & (d <= min(highest, _INF))
+        if lowest <= -_INF:
+            return d <= highest
+        if highest >= _INF:
+            return d >= lowest
+        return (d >= lowest) & (d <= highest)
 
     def block_class(self, geometry, rows, cols):
         lowest, highest = self.bounds()
@@ -394,7 +400,8 @@ class Butterfly(Pattern):
     def _linked(self, x):
         """Whether chunk distance ``x`` (a XOR of chunk indices) is allowed."""
         power_of_two = (x > 0) & ((x & (x - 1)) == 0)
-        if self.levels is not None:
+        # From 31 levels up the bound exceeds any chunk distance (and int32 could not hold it).
+        if self.levels is not None and self.levels < 31:
             power_of_two = power_of_two & (x < (1 << self.levels))
         return (x == 0) | power_of_two
 

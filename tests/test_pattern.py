@@ -205,3 +205,12 @@ def test_syntax_errors_are_pattern_errors(text):
 def test_non_string_is_a_type_error():
     with pytest.raises(TypeError, match="a pattern is a string or a Pattern"):
         parse(42)
+
+
+@pytest.mark.parametrize("text", list(PLAIN_PREDICATES))
+def test_predicate_works_on_int32_indices(text):
+    """FlexAttention's mask_mod gets int32 indices; causal once wrapped its infinite bound to 0 there."""
+    p = torch.arange(40, dtype=torch.int32)[:, None]
+    j = torch.arange(40, dtype=torch.int32)[None, :]
+    expected = plain_mask(PLAIN_PREDICATES[text], 40, 40)
+    assert torch.equal(torch.broadcast_to(parse(text).allowed(p, j), (40, 40)), expected)
