@@ -32,6 +32,7 @@ from .common import (
     LOG2E,
     BackwardConfig,
     check_tile,
+    column_list_arguments,
     default_backward_config,
     dot_precision,
     head_dim_padded,
@@ -39,6 +40,7 @@ from .common import (
     load_tile_mask,
     new_output,
     on_device_of,
+    row_list_arguments,
     store_rows,
 )
 
@@ -421,8 +423,7 @@ def attention_backward(
 
         _attention_backward_dkdv_kernel[(triton.cdiv(kv_len, config.block_n1), batch * n_kv_heads)](
             q, k, v, dout, lse, delta, dk, dv,
-            mask.full_q_offsets, mask.full_q_indices, mask.partial_q_offsets, mask.partial_q_indices,
-            mask.partial_q_tiles, mask.tiles,
+            *column_list_arguments(mask, q.device),
             *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(),
             n_kv_heads, q_len, kv_len, scale * LOG2E, scale,
             BLOCK_M=config.block_m1,
@@ -431,8 +432,7 @@ def attention_backward(
         )  # fmt: skip
         _attention_backward_dq_kernel[(triton.cdiv(q_len, config.block_m2), batch * n_q_heads)](
             q, k, v, dout, lse, delta, dq,
-            mask.full_kv_offsets, mask.full_kv_indices, mask.partial_kv_offsets, mask.partial_kv_indices,
-            mask.partial_kv_tiles, mask.tiles,
+            *row_list_arguments(mask, q.device),
             *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(),
             n_q_heads, q_len, kv_len, scale * LOG2E, scale,
             BLOCK_M=config.block_m2,

@@ -45,6 +45,32 @@ def on_device_of(tensor: torch.Tensor):
     return contextlib.nullcontext()
 
 
+def row_list_arguments(mask, device) -> tuple:
+    """The mask's per-query-block lists and tiles, as the forward and dQ kernels take them. A dense
+    mask's kernels read none, so they get placeholders (reading the lists would build them)."""
+    if mask.is_dense:
+        return _placeholders(device)
+    return (
+        mask.full_kv_offsets, mask.full_kv_indices, mask.partial_kv_offsets, mask.partial_kv_indices,
+        mask.partial_kv_tiles, mask.tiles,
+    )  # fmt: skip
+
+
+def column_list_arguments(mask, device) -> tuple:
+    """The per-key-block lists and tiles for the dK/dV kernel; placeholders for a dense mask."""
+    if mask.is_dense:
+        return _placeholders(device)
+    return (
+        mask.full_q_offsets, mask.full_q_indices, mask.partial_q_offsets, mask.partial_q_indices,
+        mask.partial_q_tiles, mask.tiles,
+    )  # fmt: skip
+
+
+def _placeholders(device) -> tuple:
+    index = torch.zeros(1, dtype=torch.int32, device=device)
+    return (index,) * 5 + (torch.zeros(1, dtype=torch.uint8, device=device),)
+
+
 # ---------------------------------------------------------------------------------------- tuning
 
 

@@ -42,6 +42,7 @@ from .common import (
     load_tile_mask,
     new_output,
     on_device_of,
+    row_list_arguments,
     store_rows,
 )
 
@@ -225,8 +226,7 @@ def attention_forward(
     with on_device_of(q):
         _attention_forward_kernel[grid](
             q, k, v, out, lse,
-            mask.full_kv_offsets, mask.full_kv_indices, mask.partial_kv_offsets, mask.partial_kv_indices,
-            mask.partial_kv_tiles, mask.tiles,
+            *row_list_arguments(mask, q.device),
             *q.stride(), *k.stride(), *v.stride(), *out.stride(),
             n_q_heads, q_len, kv_len, scale * LOG2E,
             GROUP_SIZE=n_q_heads // n_kv_heads,

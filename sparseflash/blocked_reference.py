@@ -39,7 +39,7 @@ def blocked_attention(
     v_grouped = v.to(compute_dtype).unsqueeze(2)
 
     lists = _row_lists(mask)
-    tiles = mask.tiles.to(q.device).bool()
+    tiles = None if mask.is_dense else mask.tiles.to(q.device).bool()
     outputs, lses = [], []
     for row, (full_blocks, partial_blocks, partial_tiles) in enumerate(lists):
         q_start = row * mask.block_m
@@ -82,6 +82,10 @@ def _masked_softmax_attention(scores: torch.Tensor, values: torch.Tensor):
 
 def _row_lists(mask: BlockMask):
     """Per query block: (full kv blocks, partial kv blocks, their tile ids), as Python lists."""
+    if mask.is_dense:
+        # Every block; a dense mask's own lists are built only on demand, and are not needed.
+        every_block = list(range(mask.n_kv_blocks))
+        return [(every_block, [], [])] * mask.n_q_blocks
     full_offsets = mask.full_kv_offsets.tolist()
     full_indices = mask.full_kv_indices.tolist()
     partial_offsets = mask.partial_kv_offsets.tolist()
@@ -89,9 +93,6 @@ def _row_lists(mask: BlockMask):
     partial_tiles = mask.partial_kv_tiles.tolist()
     lists = []
     for row in range(mask.n_q_blocks):
-        if mask.is_dense:
-            lists.append((list(range(mask.n_kv_blocks)), [], []))
-            continue
         full = full_indices[full_offsets[row] : full_offsets[row + 1]]
         partial = slice(partial_offsets[row], partial_offsets[row + 1])
         lists.append((full, partial_indices[partial], partial_tiles[partial]))

@@ -268,6 +268,16 @@ def test_backward_is_deterministic():
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_dense_reads_no_lists(backend):
+    """``dense`` is exact FlashAttention: neither path builds the mask's block lists."""
+    mask = sparseflash.compile_mask("dense", 70, 90, block_m=32, block_n=32, cache=False)
+    q, k, v, dout, _ = make_inputs(1, 2, 1, 70, 90, 32, torch.float16, seed=15)
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    attention(*leaves, mask, backend=backend).backward(dout)
+    assert mask.nbytes == 0, "the dense mask's lists were built"
+
+
 def test_kernels_really_run(monkeypatch):
     """Under the interpreter the CPU path is the Triton kernels, not the PyTorch fallback."""
     from sparseflash import blocked_reference
