@@ -19,7 +19,7 @@ import time
 import torch
 
 import sparseflash
-from sparseflash.attention import attention
+from sparseflash import attention
 
 PATTERNS = ("local(256)+global(4)", "dense")
 

@@ -7,6 +7,8 @@ Importing the package is light: triton is imported when a kernel first runs, mat
 picture is first drawn.
 """
 
+# Imported eagerly: a lazy attribute named like its submodule would be replaced by the module.
+from .attention import attention
 from .blockmask import BlockMask, SparsityWarning, compile_mask, mask_from_dense
 from .errors import PatternError
 from .parsing import PRIMITIVES, parse
@@ -16,14 +18,13 @@ __version__ = "0.1.0"
 
 # Public names that live in modules with heavier imports, loaded on first use.
 _LAZY = {
-    "attention": "sparseflash.attention",
     "show": "sparseflash.viz",
     "stats": "sparseflash.viz",
     "explain": "sparseflash.viz",
     "render_ascii": "sparseflash.viz",
 }
 
-__all__ = ["BlockMask", "SparsityWarning", "Pattern", "PatternError", "PRIMITIVES", "compile_mask", "mask_from_dense", "parse", *_LAZY]
+__all__ = ["attention", "BlockMask", "SparsityWarning", "Pattern", "PatternError", "PRIMITIVES", "compile_mask", "mask_from_dense", "parse", *_LAZY]
 
 
 def __getattr__(name):

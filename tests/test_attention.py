@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from attention_oracle import check_close, forward_and_grads, reference_attention
 
 import sparseflash
-from sparseflash.attention import attention
+from sparseflash import attention
 
 kernels_common = pytest.importorskip("sparseflash.kernels.common")
 NAMES = ("out", "lse", "dq", "dk", "dv")
@@ -433,12 +433,6 @@ def test_attention_module_does_not_import_triton():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sparseflash/__init__.py exports `attention` lazily from the submodule of the same name; "
-    "importing the submodule binds the *module* to sparseflash.attention, shadowing the function. "
-    "Fix in __init__.py: `from .attention import attention` (it does not import triton).",
-)
 def test_package_attribute_is_the_function():
     """``sparseflash.attention`` stays callable after the submodule has been imported."""
     import subprocess

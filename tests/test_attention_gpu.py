@@ -19,7 +19,7 @@ import torch
 from attention_oracle import check_close, forward_and_grads, max_error, reference_attention
 
 import sparseflash
-from sparseflash.attention import attention
+from sparseflash import attention
 
 pytestmark = pytest.mark.gpu
 NAMES = ("out", "lse", "dq", "dk", "dv")
