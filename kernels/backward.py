@@ -36,11 +36,14 @@ from .common import (
     default_backward_config,
     dot_precision,
     head_dim_padded,
+    launch_grid,
     load_rows,
     load_tile_mask,
     new_output,
     on_device_of,
+    program_tile,
     row_list_arguments,
+    schedule_constants,
     store_rows,
 )
 
@@ -131,6 +134,7 @@ def _dkdv_step(
 def _attention_backward_dkdv_kernel(
     Q, K, V, DOut, Lse, Delta, DK, DV,
     full_q_offsets, full_q_indices, partial_q_offsets, partial_q_indices, partial_q_tiles, tiles,
+    kv_block_order,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -147,9 +151,10 @@ def _attention_backward_dkdv_kernel(
     MASK_BLOCK_N: tl.constexpr,
     IS_DENSE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    HEAVY_FIRST: tl.constexpr,
+    HEADS_FASTEST: tl.constexpr,
 ):  # fmt: skip
-    start_n = tl.program_id(0) * BLOCK_N
-    batch_head = tl.program_id(1)
+    start_n, batch_head = program_tile(kv_block_order, BLOCK_N, MASK_BLOCK_N, HEAVY_FIRST, HEADS_FASTEST)
     batch = batch_head // n_kv_heads
     kv_head = batch_head % n_kv_heads
 
@@ -269,6 +274,7 @@ def _dq_step(
 def _attention_backward_dq_kernel(
     Q, K, V, DOut, Lse, Delta, DQ,
     full_kv_offsets, full_kv_indices, partial_kv_offsets, partial_kv_indices, partial_kv_tiles, tiles,
+    q_block_order,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -284,9 +290,10 @@ def _attention_backward_dq_kernel(
     MASK_BLOCK_N: tl.constexpr,
     IS_DENSE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    HEAVY_FIRST: tl.constexpr,
+    HEADS_FASTEST: tl.constexpr,
 ):  # fmt: skip
-    start_m = tl.program_id(0) * BLOCK_M
-    batch_head = tl.program_id(1)
+    start_m, batch_head = program_tile(q_block_order, BLOCK_M, MASK_BLOCK_M, HEAVY_FIRST, HEADS_FASTEST)
     batch = batch_head // n_q_heads
     q_head = batch_head % n_q_heads
     kv_head = q_head // GROUP_SIZE
@@ -407,6 +414,7 @@ def attention_backward(
         MASK_BLOCK_N=mask.block_n,
         IS_DENSE=mask.is_dense,
         DOT_PRECISION=precision,
+        **schedule_constants(config.schedule, mask.is_dense),
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
@@ -421,7 +429,7 @@ def attention_backward(
             BLOCK_M=preprocess_block_m,
         )  # fmt: skip
 
-        _attention_backward_dkdv_kernel[(triton.cdiv(kv_len, config.block_n1), batch * n_kv_heads)](
+        _attention_backward_dkdv_kernel[launch_grid(triton.cdiv(kv_len, config.block_n1), batch * n_kv_heads, config.schedule, mask.is_dense)](
             q, k, v, dout, lse, delta, dk, dv,
             *column_list_arguments(mask, q.device),
             *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(),
@@ -430,7 +438,7 @@ def attention_backward(
             BLOCK_N=config.block_n1,
             **common,
         )  # fmt: skip
-        _attention_backward_dq_kernel[(triton.cdiv(q_len, config.block_m2), batch * n_q_heads)](
+        _attention_backward_dq_kernel[launch_grid(triton.cdiv(q_len, config.block_m2), batch * n_q_heads, config.schedule, mask.is_dense)](
             q, k, v, dout, lse, delta, dq,
             *row_list_arguments(mask, q.device),
             *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(),

@@ -46,32 +46,61 @@ def on_device_of(tensor: torch.Tensor):
 
 
 def row_list_arguments(mask, device) -> tuple:
-    """The mask's per-query-block lists and tiles, as the forward and dQ kernels take them. A dense
-    mask's kernels read none, so they get placeholders (reading the lists would build them)."""
+    """The mask's per-query-block lists, tiles and row order, as the forward and dQ kernels take
+    them. A dense mask's kernels read none, so they get placeholders (reading would build them)."""
     if mask.is_dense:
         return _placeholders(device)
     return (
         mask.full_kv_offsets, mask.full_kv_indices, mask.partial_kv_offsets, mask.partial_kv_indices,
-        mask.partial_kv_tiles, mask.tiles,
+        mask.partial_kv_tiles, mask.tiles, mask.q_block_order,
     )  # fmt: skip
 
 
 def column_list_arguments(mask, device) -> tuple:
-    """The per-key-block lists and tiles for the dK/dV kernel; placeholders for a dense mask."""
+    """The per-key-block lists, tiles and column order for the dK/dV kernel; placeholders for dense."""
     if mask.is_dense:
         return _placeholders(device)
     return (
         mask.full_q_offsets, mask.full_q_indices, mask.partial_q_offsets, mask.partial_q_indices,
-        mask.partial_q_tiles, mask.tiles,
+        mask.partial_q_tiles, mask.tiles, mask.kv_block_order,
     )  # fmt: skip
 
 
 def _placeholders(device) -> tuple:
     index = torch.zeros(1, dtype=torch.int32, device=device)
-    return (index,) * 5 + (torch.zeros(1, dtype=torch.uint8, device=device),)
+    return (index,) * 5 + (torch.zeros(1, dtype=torch.uint8, device=device), index)
+
+
+def launch_grid(n_tiles: int, n_batch_heads: int, schedule: Schedule, is_dense: bool) -> tuple:
+    """The grid for ``n_tiles`` kernel tiles per batch*head, in the order :func:`program_tile` reads."""
+    if schedule.heads_fastest and not is_dense:
+        return (n_batch_heads, n_tiles)
+    return (n_tiles, n_batch_heads)
+
+
+def schedule_constants(schedule: Schedule, is_dense: bool) -> dict:
+    return dict(
+        HEAVY_FIRST=schedule.heavy_first and not is_dense,
+        HEADS_FASTEST=schedule.heads_fastest and not is_dense,
+    )
 
 
 # ---------------------------------------------------------------------------------------- tuning
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """In which order a sparse launch's programs start.
+
+    ``heavy_first``: programs take the mask's rows (columns, for dK/dV) from ``q_block_order``
+    (``kv_block_order``), longest first, so a long row does not start last and stretch the launch.
+    ``heads_fastest``: consecutive programs are consecutive batch*heads of the same row rank, so the
+    longest rows of *every* head start first. Dense launches keep the FlashAttention order (query
+    tiles fastest: programs running together share one head's K and V in L2).
+    """
+
+    heavy_first: bool = True
+    heads_fastest: bool = True
 
 
 @dataclass(frozen=True)
@@ -82,6 +111,7 @@ class ForwardConfig:
     block_n: int
     num_warps: int
     num_stages: int
+    schedule: Schedule = Schedule()  # only sparse masks use it
 
 
 @dataclass(frozen=True)
@@ -95,6 +125,7 @@ class BackwardConfig:
     block_n2: int
     num_warps: int
     num_stages: int
+    schedule: Schedule = Schedule()  # only sparse masks use it
 
 
 # First guesses for an H100/H200-class GPU, keyed by (largest padded head dim, 16-bit?), sized so
@@ -139,6 +170,7 @@ def default_forward_config(head_dim_padded, dtype, mask_block_m, mask_block_n, q
         fit_tile(base.block_n, mask_block_n, kv_len),
         base.num_warps,
         base.num_stages,
+        base.schedule,
     )
 
 
@@ -151,6 +183,7 @@ def default_backward_config(head_dim_padded, dtype, mask_block_m, mask_block_n, 
         fit_tile(base.block_n2, mask_block_n, kv_len),
         base.num_warps,
         base.num_stages,
+        base.schedule,
     )
 
 
@@ -242,3 +275,31 @@ def load_tile_mask(
     tile_base = tiles + tl.cast(tile_id, tl.int64) * (MASK_BLOCK_M * MASK_BLOCK_N)
     ptrs = tile_base + (first_row_in_tile + offs_rows) * MASK_BLOCK_N + (first_col_in_tile + offs_cols)
     return tl.load(ptrs) != 0
+
+
+@triton.jit
+def program_tile(
+    block_order,
+    BLOCK: tl.constexpr,
+    MASK_BLOCK: tl.constexpr,
+    HEAVY_FIRST: tl.constexpr,
+    HEADS_FASTEST: tl.constexpr,
+):
+    """This program's (first row of its kernel tile, batch*head), from the launch order.
+
+    With HEAVY_FIRST the program's rank picks a mask block from ``block_order`` (longest first)
+    and a kernel tile inside it; otherwise rank r is simply tile r. See ``Schedule``.
+    """
+    if HEADS_FASTEST:
+        rank = tl.program_id(1)
+        batch_head = tl.program_id(0)
+    else:
+        rank = tl.program_id(0)
+        batch_head = tl.program_id(1)
+    if HEAVY_FIRST:
+        tiles_per_block: tl.constexpr = MASK_BLOCK // BLOCK
+        mask_block = tl.load(block_order + rank // tiles_per_block)
+        first = mask_block * MASK_BLOCK + (rank % tiles_per_block) * BLOCK
+    else:
+        first = rank * BLOCK
+    return first, batch_head

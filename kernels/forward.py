@@ -38,11 +38,14 @@ from .common import (
     default_forward_config,
     dot_precision,
     head_dim_padded,
+    launch_grid,
     load_rows,
     load_tile_mask,
     new_output,
     on_device_of,
+    program_tile,
     row_list_arguments,
+    schedule_constants,
     store_rows,
 )
 
@@ -101,6 +104,7 @@ def _online_softmax_step(
 def _attention_forward_kernel(
     Q, K, V, Out, Lse,
     full_kv_offsets, full_kv_indices, partial_kv_offsets, partial_kv_indices, partial_kv_tiles, tiles,
+    q_block_order,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -115,9 +119,10 @@ def _attention_forward_kernel(
     MASK_BLOCK_N: tl.constexpr,
     IS_DENSE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    HEAVY_FIRST: tl.constexpr,
+    HEADS_FASTEST: tl.constexpr,
 ):  # fmt: skip
-    start_m = tl.program_id(0) * BLOCK_M
-    batch_head = tl.program_id(1)
+    start_m, batch_head = program_tile(q_block_order, BLOCK_M, MASK_BLOCK_M, HEAVY_FIRST, HEADS_FASTEST)
     batch = batch_head // n_q_heads
     q_head = batch_head % n_q_heads
     kv_head = q_head // GROUP_SIZE  # GQA/MQA: query heads share a kv head, k and v are not copied
@@ -222,7 +227,7 @@ def attention_forward(
         out = new_output(q.shape, q.dtype, q.device)
     if lse is None:
         lse = new_output((batch, n_q_heads, q_len), torch.float32, q.device)
-    grid = (triton.cdiv(q_len, config.block_m), batch * n_q_heads)
+    grid = launch_grid(triton.cdiv(q_len, config.block_m), batch * n_q_heads, config.schedule, mask.is_dense)
     with on_device_of(q):
         _attention_forward_kernel[grid](
             q, k, v, out, lse,
@@ -237,6 +242,7 @@ def attention_forward(
             MASK_BLOCK_M=mask.block_m,
             MASK_BLOCK_N=mask.block_n,
             IS_DENSE=mask.is_dense,
+            **schedule_constants(config.schedule, mask.is_dense),
             DOT_PRECISION=dot_precision(q.dtype, allow_tf32),
             num_warps=config.num_warps,
             num_stages=config.num_stages,

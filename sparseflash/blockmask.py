@@ -32,7 +32,8 @@ _TILES_PER_BATCH = 256
 
 _TENSOR_NAMES = (
     "full_kv_offsets", "full_kv_indices", "partial_kv_offsets", "partial_kv_indices", "partial_kv_tiles",
-    "full_q_offsets", "full_q_indices", "partial_q_offsets", "partial_q_indices", "partial_q_tiles", "tiles",
+    "full_q_offsets", "full_q_indices", "partial_q_offsets", "partial_q_indices", "partial_q_tiles",
+    "q_block_order", "kv_block_order", "tiles",
 )  # fmt: skip
 
 
@@ -71,6 +72,11 @@ class BlockMask:
     ``tiles`` uint8 ``(n_tiles, block_m, block_n)``: the distinct element masks of partial blocks,
     1 where the pair is allowed, 0 where it is not or lies past the sequence end.
 
+    ``q_block_order`` int32 ``(n_q_blocks,)`` and ``kv_block_order`` int32 ``(n_kv_blocks,)``: the
+    query (key) blocks by decreasing number of non-empty blocks, ties in index order. The kernels
+    start the longest rows (columns) first, so that a heavy row, such as the one of the first query
+    block under ``global(g)``, does not start last and stretch the whole launch.
+
     ``is_dense`` is set for the pattern ``dense``: the kernels then read no lists at all, and the
     mask builds them only if something reads them (at 1M tokens they would hold 67M blocks).
     Instances are immutable.
@@ -86,6 +92,8 @@ class BlockMask:
     partial_q_offsets = _MaskTensor()
     partial_q_indices = _MaskTensor()
     partial_q_tiles = _MaskTensor()
+    q_block_order = _MaskTensor()
+    kv_block_order = _MaskTensor()
     tiles = _MaskTensor()
 
     def __init__(
@@ -390,6 +398,9 @@ def _build_tensors(pattern: Pattern, geometry: TileGeometry, device: torch.devic
         arrays[f"{name}_q_offsets"], arrays[f"{name}_q_indices"] = col_offsets, block_rows[by_col]
         if kind == PARTIAL:
             arrays["partial_kv_tiles"], arrays["partial_q_tiles"] = block_tiles[by_row], block_tiles[by_col]
+    for name, offsets in (("q_block_order", "kv_offsets"), ("kv_block_order", "q_offsets")):
+        work = np.diff(arrays[f"full_{offsets}"]) + np.diff(arrays[f"partial_{offsets}"])
+        arrays[name] = np.argsort(-work, kind="stable")
     names = [name for name in _TENSOR_NAMES if name != "tiles"]
     # One host buffer and one copy: on a GPU each separate copy would cost a launch and a sync.
     flat = torch.from_numpy(np.concatenate([arrays[name] for name in names]).astype(np.int32))

@@ -200,3 +200,13 @@ def test_dense_defers_its_lists():
     assert small.n_full == 4 * 3 and small.n_partial == 5 * 4 - 12
     assert small.full_kv_indices.numel() == small.n_full  # reading a list builds them all
     assert small.nbytes > 0
+
+
+def test_block_orders_put_the_longest_rows_and_columns_first():
+    mask = compile_mask("local(40) + global(5)", 300, 260, block_m=32, block_n=16)
+    grid = mask.to_dense()
+    for order, work in ((mask.q_block_order, (grid > 0).sum(1)), (mask.kv_block_order, (grid > 0).sum(0))):
+        order = order.long()
+        assert sorted(order.tolist()) == list(range(work.numel()))  # a permutation
+        assert torch.all(torch.diff(work[order]) <= 0)  # longest first
+        assert order[0] == 0  # the global row (column) is the longest
