@@ -34,6 +34,9 @@ CASES = [
     ("local1k&causal-32k-d128", "local(1k) & causal", 32768, 128, 1, 16),
     ("dense-8k-d64", "dense", 8192, 64, 2, 32),
     ("local256+global4-32k-d64", "local(256)+global(4)", 32768, 64, 1, 32),
+    # Diagnostics: short rows of full blocks only, and a band without the global tokens.
+    ("chunk768-32k-d128", "chunk(768)", 32768, 128, 1, 16),
+    ("local256-32k-d128", "local(256)", 32768, 128, 1, 16),
 ]
 
 FORWARD_CONFIGS = {
