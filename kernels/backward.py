@@ -29,6 +29,7 @@ import triton
 import triton.language as tl
 
 from .common import (
+    auto_schedule,
     LOG2E,
     BackwardConfig,
     check_tile,
@@ -388,7 +389,7 @@ def attention_backward(
     n_kv_heads, kv_len = k.shape[1], k.shape[2]
     padded = head_dim_padded(head_dim)
     if config is None:
-        config = default_backward_config(padded, q.dtype, mask.block_m, mask.block_n, q_len, kv_len)
+        config = default_backward_config(padded, q.dtype, mask)
     for name, tile, mask_block in (
         ("block_m1", config.block_m1, mask.block_m),
         ("block_n1", config.block_n1, mask.block_n),
@@ -397,6 +398,8 @@ def attention_backward(
     ):
         check_tile(name, tile, mask_block, mask.is_dense)
     precision = dot_precision(q.dtype, allow_tf32)
+    row_schedule = config.schedule or auto_schedule(mask, by_rows=True)
+    column_schedule = config.schedule or auto_schedule(mask, by_rows=False)
     group_size = n_q_heads // n_kv_heads
     lse = lse.contiguous()  # written by our forward, so already contiguous: no copy in practice
 
@@ -414,7 +417,6 @@ def attention_backward(
         MASK_BLOCK_N=mask.block_n,
         IS_DENSE=mask.is_dense,
         DOT_PRECISION=precision,
-        **schedule_constants(config.schedule, mask.is_dense),
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
@@ -429,22 +431,24 @@ def attention_backward(
             BLOCK_M=preprocess_block_m,
         )  # fmt: skip
 
-        _attention_backward_dkdv_kernel[launch_grid(triton.cdiv(kv_len, config.block_n1), batch * n_kv_heads, config.schedule, mask.is_dense)](
+        _attention_backward_dkdv_kernel[launch_grid(triton.cdiv(kv_len, config.block_n1), batch * n_kv_heads, column_schedule, mask.is_dense)](
             q, k, v, dout, lse, delta, dk, dv,
             *column_list_arguments(mask, q.device),
             *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(),
             n_kv_heads, q_len, kv_len, scale * LOG2E, scale,
             BLOCK_M=config.block_m1,
             BLOCK_N=config.block_n1,
+            **schedule_constants(column_schedule, mask.is_dense),
             **common,
         )  # fmt: skip
-        _attention_backward_dq_kernel[launch_grid(triton.cdiv(q_len, config.block_m2), batch * n_q_heads, config.schedule, mask.is_dense)](
+        _attention_backward_dq_kernel[launch_grid(triton.cdiv(q_len, config.block_m2), batch * n_q_heads, row_schedule, mask.is_dense)](
             q, k, v, dout, lse, delta, dq,
             *row_list_arguments(mask, q.device),
             *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(),
             n_q_heads, q_len, kv_len, scale * LOG2E, scale,
             BLOCK_M=config.block_m2,
             BLOCK_N=config.block_n2,
+            **schedule_constants(row_schedule, mask.is_dense),
             **common,
         )  # fmt: skip
     return dq, dk, dv

@@ -111,7 +111,7 @@ class ForwardConfig:
     block_n: int
     num_warps: int
     num_stages: int
-    schedule: Schedule = Schedule()  # only sparse masks use it
+    schedule: Schedule | None = None  # None: auto_schedule(mask); only sparse masks use one
 
 
 @dataclass(frozen=True)
@@ -125,35 +125,69 @@ class BackwardConfig:
     block_n2: int
     num_warps: int
     num_stages: int
-    schedule: Schedule = Schedule()  # only sparse masks use it
+    schedule: Schedule | None = None  # None: auto_schedule(mask); only sparse masks use one
 
 
-# First guesses for an H100/H200-class GPU, keyed by (largest padded head dim, 16-bit?), sized so
-# the fp32 accumulators fit in registers: e.g. dK/dV holds two [block_n1, D] fp32 tiles, 2*64*128
-# floats over 4 warps = 128 registers a thread. float32 inputs use exact (ieee) products, which run
-# on FMA units, so their tiles are small. Tiles are clamped to the mask's block (a kernel tile never
-# spans two mask blocks). To be tuned on the device (issue 5).
+# Measured on an H200 (bf16, benchmarks/tune_kernels.py, 2026-11-21; results in
+# benchmarks/results/tune_h200_*.json), keyed by (padded head dim, 16-bit?, long rows?). "Long rows"
+# (dense, or 16+ blocks a row on average) want big tiles and 8 warps, like FlashAttention; short
+# rows (bands, butterflies) are dominated by each program's prologue and epilogue and run best with
+# small tiles and more programs. float32 inputs use exact (ieee) products on FMA units: small
+# tiles, untuned. Tiles are clamped to the mask's block (a kernel tile never spans two blocks).
 FORWARD_DEFAULTS = {
-    (64, True): ForwardConfig(128, 64, num_warps=4, num_stages=3),
-    (128, True): ForwardConfig(128, 64, num_warps=8, num_stages=3),
-    (256, True): ForwardConfig(64, 64, num_warps=8, num_stages=2),
-    (64, False): ForwardConfig(64, 32, num_warps=4, num_stages=2),
-    (128, False): ForwardConfig(64, 32, num_warps=4, num_stages=2),
-    (256, False): ForwardConfig(32, 32, num_warps=4, num_stages=1),
+    (64, True, True): ForwardConfig(128, 64, num_warps=8, num_stages=3),
+    (64, True, False): ForwardConfig(128, 64, num_warps=4, num_stages=3),
+    (128, True, True): ForwardConfig(128, 128, num_warps=8, num_stages=3),
+    (128, True, False): ForwardConfig(64, 64, num_warps=4, num_stages=3),
+    (256, True, True): ForwardConfig(64, 64, num_warps=8, num_stages=2),
+    (256, True, False): ForwardConfig(64, 64, num_warps=8, num_stages=2),
+    (64, False, True): ForwardConfig(64, 32, num_warps=4, num_stages=2),
+    (64, False, False): ForwardConfig(64, 32, num_warps=4, num_stages=2),
+    (128, False, True): ForwardConfig(64, 32, num_warps=4, num_stages=2),
+    (128, False, False): ForwardConfig(64, 32, num_warps=4, num_stages=2),
+    (256, False, True): ForwardConfig(32, 32, num_warps=4, num_stages=1),
+    (256, False, False): ForwardConfig(32, 32, num_warps=4, num_stages=1),
 }
 BACKWARD_DEFAULTS = {
-    (64, True): BackwardConfig(32, 128, 128, 32, num_warps=4, num_stages=3),
-    (128, True): BackwardConfig(32, 64, 64, 32, num_warps=4, num_stages=2),
-    (256, True): BackwardConfig(32, 64, 64, 32, num_warps=8, num_stages=1),
-    (64, False): BackwardConfig(32, 64, 64, 32, num_warps=4, num_stages=2),
-    (128, False): BackwardConfig(32, 32, 32, 32, num_warps=4, num_stages=1),
-    (256, False): BackwardConfig(16, 16, 16, 16, num_warps=4, num_stages=1),
+    (64, True, True): BackwardConfig(64, 64, 64, 64, num_warps=4, num_stages=3),
+    (64, True, False): BackwardConfig(64, 64, 64, 64, num_warps=4, num_stages=3),
+    (128, True, True): BackwardConfig(64, 128, 128, 64, num_warps=8, num_stages=3),
+    (128, True, False): BackwardConfig(64, 64, 64, 64, num_warps=4, num_stages=2),
+    (256, True, True): BackwardConfig(32, 64, 64, 32, num_warps=8, num_stages=1),
+    (256, True, False): BackwardConfig(32, 64, 64, 32, num_warps=8, num_stages=1),
+    (64, False, True): BackwardConfig(32, 64, 64, 32, num_warps=4, num_stages=2),
+    (64, False, False): BackwardConfig(32, 64, 64, 32, num_warps=4, num_stages=2),
+    (128, False, True): BackwardConfig(32, 32, 32, 32, num_warps=4, num_stages=1),
+    (128, False, False): BackwardConfig(32, 32, 32, 32, num_warps=4, num_stages=1),
+    (256, False, True): BackwardConfig(16, 16, 16, 16, num_warps=4, num_stages=1),
+    (256, False, False): BackwardConfig(16, 16, 16, 16, num_warps=4, num_stages=1),
 }
 
+# Rows with at least this many blocks on average count as long.
+LONG_ROW_BLOCKS = 16
 
-def _table_key(head_dim_padded: int, dtype: torch.dtype):
+
+def has_long_rows(mask) -> bool:
+    """Dense masks, and masks whose rows hold LONG_ROW_BLOCKS non-empty blocks or more on average."""
+    if mask.is_dense:
+        return True
+    return mask.n_full + mask.n_partial >= LONG_ROW_BLOCKS * mask.n_q_blocks
+
+
+def auto_schedule(mask, by_rows: bool) -> Schedule:
+    """Heads fastest when a few rows (columns, for dK/dV) are much longer than the rest, as under
+    ``global(g)``: then every head's long row starts at once. Balanced masks keep query tiles
+    fastest, so that programs running together share one head's K and V in L2 (measured: listing
+    every block of a dense mask ran 1.6x slower with heads fastest)."""
+    longest = mask.max_blocks_per_row if by_rows else mask.max_blocks_per_col
+    n_lines = mask.n_q_blocks if by_rows else mask.n_kv_blocks
+    mean = (mask.n_full + mask.n_partial) / n_lines
+    return Schedule(heavy_first=True, heads_fastest=longest > 2 * mean + 1)
+
+
+def _table_key(head_dim_padded: int, dtype: torch.dtype, long_rows: bool):
     size = 64 if head_dim_padded <= 64 else 128 if head_dim_padded <= 128 else 256
-    return size, dtype in (torch.float16, torch.bfloat16)
+    return size, dtype in (torch.float16, torch.bfloat16), long_rows
 
 
 def fit_tile(wanted: int, mask_block: int, length: int) -> int:
@@ -163,27 +197,25 @@ def fit_tile(wanted: int, mask_block: int, length: int) -> int:
     return max(tile, 16)
 
 
-def default_forward_config(head_dim_padded, dtype, mask_block_m, mask_block_n, q_len, kv_len) -> ForwardConfig:
-    base = FORWARD_DEFAULTS[_table_key(head_dim_padded, dtype)]
+def default_forward_config(head_dim_padded, dtype, mask) -> ForwardConfig:
+    base = FORWARD_DEFAULTS[_table_key(head_dim_padded, dtype, has_long_rows(mask))]
     return ForwardConfig(
-        fit_tile(base.block_m, mask_block_m, q_len),
-        fit_tile(base.block_n, mask_block_n, kv_len),
+        fit_tile(base.block_m, mask.block_m, mask.q_len),
+        fit_tile(base.block_n, mask.block_n, mask.kv_len),
         base.num_warps,
         base.num_stages,
-        base.schedule,
     )
 
 
-def default_backward_config(head_dim_padded, dtype, mask_block_m, mask_block_n, q_len, kv_len) -> BackwardConfig:
-    base = BACKWARD_DEFAULTS[_table_key(head_dim_padded, dtype)]
+def default_backward_config(head_dim_padded, dtype, mask) -> BackwardConfig:
+    base = BACKWARD_DEFAULTS[_table_key(head_dim_padded, dtype, has_long_rows(mask))]
     return BackwardConfig(
-        fit_tile(base.block_m1, mask_block_m, q_len),
-        fit_tile(base.block_n1, mask_block_n, kv_len),
-        fit_tile(base.block_m2, mask_block_m, q_len),
-        fit_tile(base.block_n2, mask_block_n, kv_len),
+        fit_tile(base.block_m1, mask.block_m, mask.q_len),
+        fit_tile(base.block_n1, mask.block_n, mask.kv_len),
+        fit_tile(base.block_m2, mask.block_m, mask.q_len),
+        fit_tile(base.block_n2, mask.block_n, mask.kv_len),
         base.num_warps,
         base.num_stages,
-        base.schedule,
     )
 
 

@@ -31,6 +31,7 @@ import triton
 import triton.language as tl
 
 from .common import (
+    auto_schedule,
     LN2_JIT,
     LOG2E,
     ForwardConfig,
@@ -220,14 +221,15 @@ def attention_forward(
     n_kv_heads, kv_len = k.shape[1], k.shape[2]
     padded = head_dim_padded(head_dim)
     if config is None:
-        config = default_forward_config(padded, q.dtype, mask.block_m, mask.block_n, q_len, kv_len)
+        config = default_forward_config(padded, q.dtype, mask)
     check_tile("block_m", config.block_m, mask.block_m, mask.is_dense)
     check_tile("block_n", config.block_n, mask.block_n, mask.is_dense)
     if out is None:
         out = new_output(q.shape, q.dtype, q.device)
     if lse is None:
         lse = new_output((batch, n_q_heads, q_len), torch.float32, q.device)
-    grid = launch_grid(triton.cdiv(q_len, config.block_m), batch * n_q_heads, config.schedule, mask.is_dense)
+    schedule = config.schedule or auto_schedule(mask, by_rows=True)
+    grid = launch_grid(triton.cdiv(q_len, config.block_m), batch * n_q_heads, schedule, mask.is_dense)
     with on_device_of(q):
         _attention_forward_kernel[grid](
             q, k, v, out, lse,
@@ -242,7 +244,7 @@ def attention_forward(
             MASK_BLOCK_M=mask.block_m,
             MASK_BLOCK_N=mask.block_n,
             IS_DENSE=mask.is_dense,
-            **schedule_constants(config.schedule, mask.is_dense),
+            **schedule_constants(schedule, mask.is_dense),
             DOT_PRECISION=dot_precision(q.dtype, allow_tf32),
             num_warps=config.num_warps,
             num_stages=config.num_stages,

@@ -77,6 +77,9 @@ class BlockMask:
     start the longest rows (columns) first, so that a heavy row, such as the one of the first query
     block under ``global(g)``, does not start last and stretch the whole launch.
 
+    ``max_blocks_per_row`` / ``max_blocks_per_col``: non-empty blocks in the longest row / column
+    (the launchers use them to choose a schedule without reading the lists back from the device).
+
     ``is_dense`` is set for the pattern ``dense``: the kernels then read no lists at all, and the
     mask builds them only if something reads them (at 1M tokens they would hold 67M blocks).
     Instances are immutable.
@@ -105,6 +108,8 @@ class BlockMask:
         block_m: int,
         block_n: int,
         allowed_pairs: int,
+        max_blocks_per_row: int,
+        max_blocks_per_col: int,
         device: torch.device,
         tensors: dict | None = None,
         build_tensors=None,
@@ -114,7 +119,8 @@ class BlockMask:
             raise ValueError("BlockMask needs its tensors or a function that builds them, not both")
         for name, value in (
             ("pattern", pattern), ("q_len", q_len), ("kv_len", kv_len), ("block_m", block_m),
-            ("block_n", block_n), ("allowed_pairs", allowed_pairs), ("device", torch.device(device)),
+            ("block_n", block_n), ("allowed_pairs", allowed_pairs), ("max_blocks_per_row", max_blocks_per_row),
+            ("max_blocks_per_col", max_blocks_per_col), ("device", torch.device(device)),
             ("is_dense", is_dense), ("_tensors", tensors), ("_build_tensors", build_tensors),
         ):  # fmt: skip
             object.__setattr__(self, name, value)
@@ -212,7 +218,8 @@ class BlockMask:
             moved = {"tensors": {k: v.to(device) for k, v in self._tensors.items()}}
         return BlockMask(
             pattern=self.pattern, q_len=self.q_len, kv_len=self.kv_len, block_m=self.block_m,
-            block_n=self.block_n, allowed_pairs=self.allowed_pairs, device=device, is_dense=self.is_dense,
+            block_n=self.block_n, allowed_pairs=self.allowed_pairs, max_blocks_per_row=self.max_blocks_per_row,
+            max_blocks_per_col=self.max_blocks_per_col, device=device, is_dense=self.is_dense,
             **moved,
         )  # fmt: skip
 
@@ -384,8 +391,8 @@ class SparsityWarning(UserWarning):
     """A pattern that the block mask cannot make cheaper than dense attention."""
 
 
-def _build_tensors(pattern: Pattern, geometry: TileGeometry, device: torch.device) -> tuple[dict, int]:
-    """The mask's tensors (see BlockMask) and the number of allowed pairs."""
+def _build_tensors(pattern: Pattern, geometry: TileGeometry, device: torch.device) -> tuple[dict, dict]:
+    """The mask's tensors (see BlockMask) and its summary numbers (allowed pairs, longest row and column)."""
     rows, cols, classes = _classify(pattern, geometry)
     rows, cols, classes, tile_of_block, tiles = _refine_partial(pattern, geometry, rows, cols, classes)
     arrays = {}
@@ -398,15 +405,22 @@ def _build_tensors(pattern: Pattern, geometry: TileGeometry, device: torch.devic
         arrays[f"{name}_q_offsets"], arrays[f"{name}_q_indices"] = col_offsets, block_rows[by_col]
         if kind == PARTIAL:
             arrays["partial_kv_tiles"], arrays["partial_q_tiles"] = block_tiles[by_row], block_tiles[by_col]
+    longest = {}
     for name, offsets in (("q_block_order", "kv_offsets"), ("kv_block_order", "q_offsets")):
         work = np.diff(arrays[f"full_{offsets}"]) + np.diff(arrays[f"partial_{offsets}"])
         arrays[name] = np.argsort(-work, kind="stable")
+        longest[name] = int(work.max(initial=0))
     names = [name for name in _TENSOR_NAMES if name != "tiles"]
     # One host buffer and one copy: on a GPU each separate copy would cost a launch and a sync.
     flat = torch.from_numpy(np.concatenate([arrays[name] for name in names]).astype(np.int32))
     tensors = dict(zip(names, torch.split(flat.to(device), [arrays[name].size for name in names])))
     tensors["tiles"] = torch.from_numpy(tiles.astype(np.uint8)).to(device)
-    return tensors, _allowed_pairs(geometry, rows, cols, classes, tile_of_block, tiles)
+    summary = dict(
+        allowed_pairs=_allowed_pairs(geometry, rows, cols, classes, tile_of_block, tiles),
+        max_blocks_per_row=longest["q_block_order"],
+        max_blocks_per_col=longest["kv_block_order"],
+    )
+    return tensors, summary
 
 
 def _build(pattern: Pattern, geometry: TileGeometry, device: torch.device) -> BlockMask:
@@ -416,11 +430,12 @@ def _build(pattern: Pattern, geometry: TileGeometry, device: torch.device) -> Bl
     if isinstance(pattern, Dense):
         # The kernels read no lists for dense attention: build them only if someone asks.
         return BlockMask(
-            pattern=pattern, **sizes, allowed_pairs=geometry.q_len * geometry.kv_len, device=device,
+            pattern=pattern, **sizes, allowed_pairs=geometry.q_len * geometry.kv_len,
+            max_blocks_per_row=geometry.n_kv_blocks, max_blocks_per_col=geometry.n_q_blocks, device=device,
             is_dense=True, build_tensors=lambda: _build_tensors(pattern, geometry, device)[0],
         )  # fmt: skip
-    tensors, allowed_pairs = _build_tensors(pattern, geometry, device)
-    return BlockMask(pattern=pattern, **sizes, allowed_pairs=allowed_pairs, device=device, tensors=tensors)
+    tensors, summary = _build_tensors(pattern, geometry, device)
+    return BlockMask(pattern=pattern, **sizes, **summary, device=device, tensors=tensors)
 
 
 class _MaskCache:
