@@ -26,6 +26,8 @@ from sparseflash.kernels.backward import attention_backward
 from sparseflash.kernels.common import BackwardConfig, ForwardConfig, Schedule
 from sparseflash.kernels.forward import attention_forward
 
+ROUND = 1  # set from --round
+
 # (name, pattern, N, head dim, batch, heads)
 CASES = [
     ("dense-8k-d128", "dense", 8192, 128, 2, 16),
@@ -78,6 +80,32 @@ BACKWARD_CONFIGS = {
 
 SCHEDULES = [Schedule(True, True), Schedule(False, False), Schedule(True, False)]
 
+# Round 2: around round 1's winners, and the listed-full-blocks mask against the dense path.
+ROUND2_CASES = [
+    ("dense-8k-d128", "dense", 8192, 128, 2, 16),
+    ("fullmask-8k-d128", "local(8192)", 8192, 128, 2, 16),
+    ("local256+global4-32k-d128", "local(256)+global(4)", 32768, 128, 1, 16),
+]
+ROUND2_FORWARD = [
+    ForwardConfig(128, 128, 8, 3),
+    ForwardConfig(128, 128, 8, 4),
+    ForwardConfig(128, 64, 8, 4),
+    ForwardConfig(64, 64, 4, 3),
+    ForwardConfig(64, 64, 4, 4),
+    ForwardConfig(64, 32, 4, 3),
+    ForwardConfig(64, 128, 4, 3),
+    ForwardConfig(64, 64, 8, 3),
+]
+ROUND2_BACKWARD = [
+    BackwardConfig(64, 128, 128, 64, 8, 3),
+    BackwardConfig(64, 128, 128, 64, 8, 4),
+    BackwardConfig(64, 64, 64, 64, 4, 2),
+    BackwardConfig(64, 64, 64, 64, 4, 3),
+    BackwardConfig(32, 64, 64, 32, 4, 2),
+    BackwardConfig(64, 32, 32, 64, 4, 2),
+    BackwardConfig(128, 128, 128, 128, 8, 2),
+]
+
 
 def bench(fn) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=150, return_mode="median")
@@ -101,9 +129,11 @@ def tune_case(name, pattern, n, head_dim, batch, heads, only, rows, deadline):
     flops = 4 * batch * heads * n * n * head_dim * mask.density()
     # Launch order matters where rows differ in length (global tokens); elsewhere keep the default.
     schedules = SCHEDULES if "global" in pattern else SCHEDULES[:1]
+    if ROUND == 2:
+        schedules = [None]  # the launchers' own choice (auto_schedule)
     reference = None
     if only in ("fwd", "both"):
-        for config in FORWARD_CONFIGS[head_dim]:
+        for config in FORWARD_CONFIGS[head_dim] if ROUND == 1 else ROUND2_FORWARD:
             for schedule in schedules:
                 if time.monotonic() > deadline:
                     return
@@ -121,7 +151,7 @@ def tune_case(name, pattern, n, head_dim, batch, heads, only, rows, deadline):
     if only in ("bwd", "both"):
         out, lse = attention_forward(q, k, v, mask, scale)
         reference = None
-        for config in BACKWARD_CONFIGS[head_dim]:
+        for config in BACKWARD_CONFIGS[head_dim] if ROUND == 1 else ROUND2_BACKWARD:
             for schedule in schedules[:2]:
                 if time.monotonic() > deadline:
                     return
@@ -149,12 +179,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=["fwd", "bwd", "both"], default="both")
     parser.add_argument("--cases", help="comma-separated case names (default: all)")
+    parser.add_argument("--round", type=int, choices=[1, 2], default=1, help="1: broad sweep; 2: around round 1's winners")
     parser.add_argument("--budget-s", type=float, default=480, help="stop timing after this many seconds")
     args = parser.parse_args(argv)
     deadline = time.monotonic() + args.budget_s
+    global ROUND
+    ROUND = args.round
     chosen = set(args.cases.split(",")) if args.cases else None
     rows = []
-    for case in CASES:
+    for case in CASES if ROUND == 1 else ROUND2_CASES:
         if chosen is None or case[0] in chosen:
             tune_case(*case, args.only, rows, deadline)
     print("\nfastest per case and pass:")
