@@ -33,7 +33,8 @@ _TILES_PER_BATCH = 256
 _TENSOR_NAMES = (
     "full_kv_offsets", "full_kv_indices", "partial_kv_offsets", "partial_kv_indices", "partial_kv_tiles",
     "full_q_offsets", "full_q_indices", "partial_q_offsets", "partial_q_indices", "partial_q_tiles",
-    "q_block_order", "kv_block_order", "tiles",
+    "q_block_order", "kv_block_order", "full_kv_run_offsets", "full_kv_run_starts", "full_kv_run_ends",
+    "full_q_run_offsets", "full_q_run_starts", "full_q_run_ends", "tiles",
 )  # fmt: skip
 
 
@@ -72,6 +73,11 @@ class BlockMask:
     ``tiles`` uint8 ``(n_tiles, block_m, block_n)``: the distinct element masks of partial blocks,
     1 where the pair is allowed, 0 where it is not or lies past the sequence end.
 
+    The full blocks again as runs of consecutive blocks, which is how the kernels walk them (a
+    run's key offsets are affine in the loop counter, so K and V can be prefetched): row ``m``'s runs
+    are ``full_kv_run_starts[r]`` to ``full_kv_run_ends[r]`` (exclusive) for ``r`` in
+    ``full_kv_run_offsets[m]:full_kv_run_offsets[m+1]``; ``full_q_run_*`` likewise per key block.
+
     ``q_block_order`` int32 ``(n_q_blocks,)`` and ``kv_block_order`` int32 ``(n_kv_blocks,)``: the
     query (key) blocks by decreasing number of non-empty blocks, ties in index order. The kernels
     start the longest rows (columns) first, so that a heavy row, such as the one of the first query
@@ -97,6 +103,12 @@ class BlockMask:
     partial_q_tiles = _MaskTensor()
     q_block_order = _MaskTensor()
     kv_block_order = _MaskTensor()
+    full_kv_run_offsets = _MaskTensor()
+    full_kv_run_starts = _MaskTensor()
+    full_kv_run_ends = _MaskTensor()
+    full_q_run_offsets = _MaskTensor()
+    full_q_run_starts = _MaskTensor()
+    full_q_run_ends = _MaskTensor()
     tiles = _MaskTensor()
 
     def __init__(
@@ -341,6 +353,18 @@ def _refine_partial(pattern: Pattern, geometry: TileGeometry, rows, cols, classe
     return rows[keep], cols[keep], classes[keep], tile_of_block[keep], tiles[used]
 
 
+def _runs(major: np.ndarray, minor: np.ndarray, n_major: int):
+    """Maximal runs of consecutive ``minor`` indices within each ``major`` line (input sorted by
+    (major, minor)): CSR offsets over the lines, and each run's first and one-past-last index."""
+    starts_run = np.ones(major.size, dtype=bool)
+    starts_run[1:] = (major[1:] != major[:-1]) | (minor[1:] != minor[:-1] + 1)
+    first = np.flatnonzero(starts_run)
+    last = np.append(first[1:], major.size)[: first.size] - 1
+    offsets = np.zeros(n_major + 1, dtype=np.int64)
+    np.cumsum(np.bincount(major[first], minlength=n_major), out=offsets[1:])
+    return offsets, minor[first], minor[last] + 1
+
+
 def _is_sorted(major: np.ndarray, minor: np.ndarray) -> bool:
     """Whether the pairs are in strictly ascending (major, minor) order."""
     step_major, step_minor = np.diff(major), np.diff(minor)
@@ -403,6 +427,11 @@ def _build_tensors(pattern: Pattern, geometry: TileGeometry, device: torch.devic
         col_offsets, by_col = _csr(block_cols, block_rows, geometry.n_kv_blocks)
         arrays[f"{name}_kv_offsets"], arrays[f"{name}_kv_indices"] = row_offsets, block_cols[by_row]
         arrays[f"{name}_q_offsets"], arrays[f"{name}_q_indices"] = col_offsets, block_rows[by_col]
+        if kind == FULL:
+            for side, major, minor, n_major in (("kv", block_rows[by_row], block_cols[by_row], geometry.n_q_blocks),
+                                                ("q", block_cols[by_col], block_rows[by_col], geometry.n_kv_blocks)):
+                offsets, starts, ends = _runs(major, minor, n_major)
+                arrays[f"full_{side}_run_offsets"], arrays[f"full_{side}_run_starts"], arrays[f"full_{side}_run_ends"] = offsets, starts, ends
         if kind == PARTIAL:
             arrays["partial_kv_tiles"], arrays["partial_q_tiles"] = block_tiles[by_row], block_tiles[by_col]
     longest = {}

@@ -210,3 +210,21 @@ def test_block_orders_put_the_longest_rows_and_columns_first():
         assert sorted(order.tolist()) == list(range(work.numel()))  # a permutation
         assert torch.all(torch.diff(work[order]) <= 0)  # longest first
         assert order[0] == 0  # the global row (column) is the longest
+
+
+@pytest.mark.parametrize("text", ["causal", "local(40) + global(5)", "chunk(48) - sink(16)", "dense - dense"])
+def test_full_block_runs_cover_exactly_the_full_blocks(text):
+    mask = compile_mask(text, 300, 260, block_m=32, block_n=16)
+    for side, n_lines, offsets, indices in (
+        ("kv", mask.n_q_blocks, mask.full_kv_offsets, mask.full_kv_indices),
+        ("q", mask.n_kv_blocks, mask.full_q_offsets, mask.full_q_indices),
+    ):
+        run_offsets = getattr(mask, f"full_{side}_run_offsets")
+        starts, ends = getattr(mask, f"full_{side}_run_starts"), getattr(mask, f"full_{side}_run_ends")
+        for line in range(n_lines):
+            listed = indices[offsets[line] : offsets[line + 1]].tolist()
+            from_runs = [b for r in range(run_offsets[line], run_offsets[line + 1]) for b in range(starts[r], ends[r])]
+            assert from_runs == listed
+            # maximal runs: two runs of a line never touch
+            for r in range(run_offsets[line] + 1, run_offsets[line + 1]):
+                assert starts[r] > ends[r - 1]
