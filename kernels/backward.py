@@ -436,7 +436,8 @@ def attention_backward(
             BLOCK_M=preprocess_block_m,
         )  # fmt: skip
 
-        _attention_backward_dkdv_kernel[launch_grid(triton.cdiv(kv_len, config.block_n1), batch * n_kv_heads, column_schedule, mask.is_dense)](
+        dkdv_grid = launch_grid(kv_len, config.block_n1, mask.block_n, batch * n_kv_heads, column_schedule, mask.is_dense)
+        _attention_backward_dkdv_kernel[dkdv_grid](
             q, k, v, dout, lse, delta, dk, dv,
             *column_list_arguments(mask, q.device),
             *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(),
@@ -446,7 +447,8 @@ def attention_backward(
             **schedule_constants(column_schedule, mask.is_dense),
             **common,
         )  # fmt: skip
-        _attention_backward_dq_kernel[launch_grid(triton.cdiv(q_len, config.block_m2), batch * n_q_heads, row_schedule, mask.is_dense)](
+        dq_grid = launch_grid(q_len, config.block_m2, mask.block_m, batch * n_q_heads, row_schedule, mask.is_dense)
+        _attention_backward_dq_kernel[dq_grid](
             q, k, v, dout, lse, delta, dq,
             *row_list_arguments(mask, q.device),
             *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(),

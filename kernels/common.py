@@ -71,8 +71,18 @@ def _placeholders(device) -> tuple:
     return (index,) * 6 + (torch.zeros(1, dtype=torch.uint8, device=device), index)
 
 
-def launch_grid(n_tiles: int, n_batch_heads: int, schedule: Schedule, is_dense: bool) -> tuple:
-    """The grid for ``n_tiles`` kernel tiles per batch*head, in the order :func:`program_tile` reads."""
+def launch_grid(length: int, block: int, mask_block: int, n_batch_heads: int, schedule: Schedule, is_dense: bool) -> tuple:
+    """The grid over kernel tiles of ``block`` rows (of ``length``) and batch*heads, in the order
+    :func:`program_tile` reads it.
+
+    Heavy-first programs count whole mask blocks of ``mask_block // block`` tiles each: the mask
+    block holding the sequence end may be started early, and then the rank of its last tile (past
+    the end, a program that stores nothing) must not crowd out a real tile at the end of the grid.
+    """
+    if schedule.heavy_first and not is_dense:
+        n_tiles = triton.cdiv(length, mask_block) * (mask_block // block)
+    else:
+        n_tiles = triton.cdiv(length, block)
     if schedule.heads_fastest and not is_dense:
         return (n_batch_heads, n_tiles)
     return (n_tiles, n_batch_heads)

@@ -234,7 +234,7 @@ def attention_forward(
     if lse is None:
         lse = new_output((batch, n_q_heads, q_len), torch.float32, q.device)
     schedule = config.schedule or auto_schedule(mask, by_rows=True)
-    grid = launch_grid(triton.cdiv(q_len, config.block_m), batch * n_q_heads, schedule, mask.is_dense)
+    grid = launch_grid(q_len, config.block_m, mask.block_m, batch * n_q_heads, schedule, mask.is_dense)
     with on_device_of(q):
         _attention_forward_kernel[grid](
             q, k, v, out, lse,
