@@ -43,6 +43,27 @@ def main() -> None:
     }
     for name, fn in rows.items():
         print(f"{name:<36} {host_microseconds(fn):8.1f} us per call")
+    device_time_through_the_api()
+
+
+def device_time_through_the_api() -> None:
+    """The same kernel timed through ``attention`` and through the launcher (do_bench, L2 flushed)."""
+    import triton
+
+    n = 32768
+    q, k, v = (torch.randn(1, 16, n, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    text = "local(256)+global(4)"
+    mask = sparseflash.compile_mask(text, n, n, device="cuda")
+    q_grad = q.detach().requires_grad_()
+    rows = {
+        "attention(text)": lambda: sparseflash.attention(q, k, v, text),
+        "attention(BlockMask)": lambda: sparseflash.attention(q, k, v, mask),
+        "attention(text), q requires grad": lambda: sparseflash.attention(q_grad, k, v, text),
+        "attention_forward(mask)": lambda: attention_forward(q, k, v, mask, 128**-0.5),
+    }
+    for name, fn in rows.items():
+        ms = triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
+        print(f"{text} N={n}: {name:<36} {ms:.3f} ms")
 
 
 if __name__ == "__main__":
