@@ -102,6 +102,30 @@ ROUND2_BACKWARD = [
 ]
 
 
+# Round 3: the default tiles, full blocks walked as runs and as a block list.
+ROUND3_CASES = [
+    ("fullmask-8k-d128", "local(8192)", 8192, 128, 2, 16),
+    ("causal-8k-d128", "causal", 8192, 128, 2, 16),
+    ("causal-32k-d128", "causal", 32768, 128, 1, 16),
+    ("local256+global4-32k-d128", "local(256)+global(4)", 32768, 128, 1, 16),
+    ("local1k&causal-32k-d128", "local(1k) & causal", 32768, 128, 1, 16),
+    ("butterfly128-32k-d128", "butterfly(128)", 32768, 128, 1, 16),
+]
+
+
+def round3_configs(mask, forward: bool) -> list:
+    from sparseflash.kernels.common import default_backward_config, default_forward_config
+
+    default = (default_forward_config if forward else default_backward_config)(128, torch.bfloat16, mask)
+    return [with_field(default, "full_runs", False), with_field(default, "full_runs", True)]
+
+
+def with_field(config, name, value):
+    fields = asdict(config)
+    fields[name] = value
+    return type(config)(**fields)
+
+
 def bench(fn) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=150, return_mode="median")
 
@@ -111,9 +135,7 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def with_schedule(config, schedule):
-    fields = asdict(config)
-    fields["schedule"] = schedule
-    return type(config)(**fields)
+    return with_field(config, "schedule", schedule)
 
 
 def tune_case(name, pattern, n, head_dim, batch, heads, only, rows, deadline, mask_block=128):
@@ -124,11 +146,11 @@ def tune_case(name, pattern, n, head_dim, batch, heads, only, rows, deadline, ma
     flops = 4 * batch * heads * n * n * head_dim * mask.density()
     # Launch order matters where rows differ in length (global tokens); elsewhere keep the default.
     schedules = SCHEDULES if "global" in pattern else SCHEDULES[:1]
-    if ROUND == 2:
+    if ROUND >= 2:
         schedules = [None]  # the launchers' own choice (auto_schedule)
     reference = None
     if only in ("fwd", "both"):
-        for config in FORWARD_CONFIGS[head_dim] if ROUND == 1 else ROUND2_FORWARD:
+        for config in {1: FORWARD_CONFIGS[head_dim], 2: ROUND2_FORWARD, 3: round3_configs(mask, True)}[ROUND]:
             for schedule in schedules:
                 if time.monotonic() > deadline:
                     return
@@ -146,7 +168,7 @@ def tune_case(name, pattern, n, head_dim, batch, heads, only, rows, deadline, ma
     if only in ("bwd", "both"):
         out, lse = attention_forward(q, k, v, mask, scale)
         reference = None
-        for config in BACKWARD_CONFIGS[head_dim] if ROUND == 1 else ROUND2_BACKWARD:
+        for config in {1: BACKWARD_CONFIGS[head_dim], 2: ROUND2_BACKWARD, 3: round3_configs(mask, False)}[ROUND]:
             for schedule in schedules[:2]:
                 if time.monotonic() > deadline:
                     return
@@ -174,7 +196,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=["fwd", "bwd", "both"], default="both")
     parser.add_argument("--cases", help="comma-separated case names (default: all)")
-    parser.add_argument("--round", type=int, choices=[1, 2], default=1, help="1: broad sweep; 2: around round 1's winners")
+    parser.add_argument("--round", type=int, choices=[1, 2, 3], default=1, help="1: broad sweep; 2: around round 1's winners; 3: full blocks as runs or as a list")
     parser.add_argument("--budget-s", type=float, default=480, help="stop timing after this many seconds")
     args = parser.parse_args(argv)
     deadline = time.monotonic() + args.budget_s
@@ -182,7 +204,7 @@ def main(argv=None) -> int:
     ROUND = args.round
     chosen = set(args.cases.split(",")) if args.cases else None
     rows = []
-    for case in CASES if ROUND == 1 else ROUND2_CASES:
+    for case in {1: CASES, 2: ROUND2_CASES, 3: ROUND3_CASES}[ROUND]:
         if chosen is None or case[0] in chosen:
             tune_case(*case[:6], args.only, rows, deadline, *case[6:])
     print("\nfastest per case and pass:")

@@ -30,6 +30,7 @@ import triton.language as tl
 
 from .common import (
     auto_schedule,
+    walk_full_blocks_as_runs,
     LOG2E,
     BackwardConfig,
     check_tile,
@@ -134,7 +135,7 @@ def _dkdv_step(
 @triton.jit
 def _attention_backward_dkdv_kernel(
     Q, K, V, DOut, Lse, Delta, DK, DV,
-    full_q_run_offsets, full_q_run_starts, full_q_run_ends,
+    full_q_offsets, full_q_indices, full_q_run_offsets, full_q_run_starts, full_q_run_ends,
     partial_q_offsets, partial_q_indices, partial_q_tiles, tiles,
     kv_block_order,
     stride_qb, stride_qh, stride_qm, stride_qd,
@@ -155,6 +156,7 @@ def _attention_backward_dkdv_kernel(
     DOT_PRECISION: tl.constexpr,
     HEAVY_FIRST: tl.constexpr,
     HEADS_FASTEST: tl.constexpr,
+    FULL_RUNS: tl.constexpr,
 ):  # fmt: skip
     start_n, batch_head = program_tile(kv_block_order, BLOCK_N, MASK_BLOCK_N, HEAVY_FIRST, HEADS_FASTEST)
     batch = batch_head // n_kv_heads
@@ -199,13 +201,25 @@ def _attention_backward_dkdv_kernel(
                     _BOUNDS_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION,
                 )  # fmt: skip
         else:
-            # Runs of consecutive full blocks: affine offsets the compiler can prefetch (forward.py).
-            run_begin = tl.load(full_q_run_offsets + mask_col)
-            run_end = tl.load(full_q_run_offsets + mask_col + 1)
-            for run in range(run_begin, run_end):
-                first_query = tl.load(full_q_run_starts + run) * MASK_BLOCK_M
-                last_query = tl.load(full_q_run_ends + run) * MASK_BLOCK_M
-                for start_m in range(first_query, last_query, BLOCK_M):
+            if FULL_RUNS:
+                # Runs of consecutive full blocks: affine offsets the compiler can prefetch (forward.py).
+                run_begin = tl.load(full_q_run_offsets + mask_col)
+                run_end = tl.load(full_q_run_offsets + mask_col + 1)
+                for run in range(run_begin, run_end):
+                    first_query = tl.load(full_q_run_starts + run) * MASK_BLOCK_M
+                    last_query = tl.load(full_q_run_ends + run) * MASK_BLOCK_M
+                    for start_m in range(first_query, last_query, BLOCK_M):
+                        dk, dv = _dkdv_step(
+                            dk, dv, k, v, q_base, do_base, lse_base, delta_base, start_m, offs_m, offs_d,
+                            stride_qm, stride_qd, stride_dom, stride_dod, q_len, qk_scale, 0,
+                            _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION,
+                        )  # fmt: skip
+            else:
+                full_begin = tl.load(full_q_offsets + mask_col)
+                full_end = tl.load(full_q_offsets + mask_col + 1)
+                for step in range(full_begin * M_STEPS, full_end * M_STEPS):
+                    q_block = tl.load(full_q_indices + step // M_STEPS)
+                    start_m = q_block * MASK_BLOCK_M + (step % M_STEPS) * BLOCK_M
                     dk, dv = _dkdv_step(
                         dk, dv, k, v, q_base, do_base, lse_base, delta_base, start_m, offs_m, offs_d,
                         stride_qm, stride_qd, stride_dom, stride_dod, q_len, qk_scale, 0,
@@ -277,7 +291,7 @@ def _dq_step(
 @triton.jit
 def _attention_backward_dq_kernel(
     Q, K, V, DOut, Lse, Delta, DQ,
-    full_kv_run_offsets, full_kv_run_starts, full_kv_run_ends,
+    full_kv_offsets, full_kv_indices, full_kv_run_offsets, full_kv_run_starts, full_kv_run_ends,
     partial_kv_offsets, partial_kv_indices, partial_kv_tiles, tiles,
     q_block_order,
     stride_qb, stride_qh, stride_qm, stride_qd,
@@ -297,6 +311,7 @@ def _attention_backward_dq_kernel(
     DOT_PRECISION: tl.constexpr,
     HEAVY_FIRST: tl.constexpr,
     HEADS_FASTEST: tl.constexpr,
+    FULL_RUNS: tl.constexpr,
 ):  # fmt: skip
     start_m, batch_head = program_tile(q_block_order, BLOCK_M, MASK_BLOCK_M, HEAVY_FIRST, HEADS_FASTEST)
     batch = batch_head // n_q_heads
@@ -339,12 +354,24 @@ def _attention_backward_dq_kernel(
         mask_row = start_m // MASK_BLOCK_M
         row_in_tile = start_m % MASK_BLOCK_M
         N_STEPS = MASK_BLOCK_N // BLOCK_N  # loop steps per mask block
-        run_begin = tl.load(full_kv_run_offsets + mask_row)
-        run_end = tl.load(full_kv_run_offsets + mask_row + 1)
-        for run in range(run_begin, run_end):
-            first_key = tl.load(full_kv_run_starts + run) * MASK_BLOCK_N
-            last_key = tl.load(full_kv_run_ends + run) * MASK_BLOCK_N
-            for start_n in range(first_key, last_key, BLOCK_N):
+        if FULL_RUNS:
+            run_begin = tl.load(full_kv_run_offsets + mask_row)
+            run_end = tl.load(full_kv_run_offsets + mask_row + 1)
+            for run in range(run_begin, run_end):
+                first_key = tl.load(full_kv_run_starts + run) * MASK_BLOCK_N
+                last_key = tl.load(full_kv_run_ends + run) * MASK_BLOCK_N
+                for start_n in range(first_key, last_key, BLOCK_N):
+                    dq = _dq_step(
+                        dq, q, do, lse2, delta, k_base, v_base, start_n, offs_n, offs_d,
+                        stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
+                        _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION,
+                    )  # fmt: skip
+        else:
+            full_begin = tl.load(full_kv_offsets + mask_row)
+            full_end = tl.load(full_kv_offsets + mask_row + 1)
+            for step in range(full_begin * N_STEPS, full_end * N_STEPS):
+                kv_block = tl.load(full_kv_indices + step // N_STEPS)
+                start_n = kv_block * MASK_BLOCK_N + (step % N_STEPS) * BLOCK_N
                 dq = _dq_step(
                     dq, q, do, lse2, delta, k_base, v_base, start_n, offs_n, offs_d,
                     stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
@@ -422,6 +449,7 @@ def attention_backward(
         MASK_BLOCK_N=mask.block_n,
         IS_DENSE=mask.is_dense,
         DOT_PRECISION=precision,
+        FULL_RUNS=walk_full_blocks_as_runs(config, mask),
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )

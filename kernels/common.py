@@ -51,6 +51,7 @@ def row_list_arguments(mask, device) -> tuple:
     if mask.is_dense:
         return _placeholders(device)
     return (
+        mask.full_kv_offsets, mask.full_kv_indices,
         mask.full_kv_run_offsets, mask.full_kv_run_starts, mask.full_kv_run_ends,
         mask.partial_kv_offsets, mask.partial_kv_indices, mask.partial_kv_tiles, mask.tiles, mask.q_block_order,
     )  # fmt: skip
@@ -61,6 +62,7 @@ def column_list_arguments(mask, device) -> tuple:
     if mask.is_dense:
         return _placeholders(device)
     return (
+        mask.full_q_offsets, mask.full_q_indices,
         mask.full_q_run_offsets, mask.full_q_run_starts, mask.full_q_run_ends,
         mask.partial_q_offsets, mask.partial_q_indices, mask.partial_q_tiles, mask.tiles, mask.kv_block_order,
     )  # fmt: skip
@@ -68,7 +70,7 @@ def column_list_arguments(mask, device) -> tuple:
 
 def _placeholders(device) -> tuple:
     index = torch.zeros(1, dtype=torch.int32, device=device)
-    return (index,) * 6 + (torch.zeros(1, dtype=torch.uint8, device=device), index)
+    return (index,) * 8 + (torch.zeros(1, dtype=torch.uint8, device=device), index)
 
 
 def launch_grid(length: int, block: int, mask_block: int, n_batch_heads: int, schedule: Schedule, is_dense: bool) -> tuple:
@@ -122,6 +124,7 @@ class ForwardConfig:
     num_warps: int
     num_stages: int
     schedule: Schedule | None = None  # None: auto_schedule(mask); only sparse masks use one
+    full_runs: bool | None = None  # walk full blocks as runs; None: walk_full_blocks_as_runs decides
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,7 @@ class BackwardConfig:
     num_warps: int
     num_stages: int
     schedule: Schedule | None = None  # None: auto_schedule(mask); only sparse masks use one
+    full_runs: bool | None = None  # walk full blocks as runs; None: walk_full_blocks_as_runs decides
 
 
 # Measured on an H200 (bf16, benchmarks/tune_kernels.py, 2026-11-21; results in
@@ -193,6 +197,22 @@ def auto_schedule(mask, by_rows: bool) -> Schedule:
     n_lines = mask.n_q_blocks if by_rows else mask.n_kv_blocks
     mean = (mask.n_full + mask.n_partial) / n_lines
     return Schedule(heavy_first=True, heads_fastest=longest > 2 * mean + 1)
+
+
+# Full blocks per run, on average, from which the kernels walk runs instead of the block list.
+LONG_RUN_BLOCKS = 8
+
+
+def walk_full_blocks_as_runs(config, mask) -> bool:
+    """Runs of consecutive full blocks give the compiler affine offsets to prefetch, which pays on
+    long runs (a mask listing every block: 27% faster); on short runs the nested loop's extra
+    prologue costs more than it gains (a 256-token band: 35% slower). ``config.full_runs`` overrides."""
+    if config.full_runs is not None:
+        return config.full_runs
+    if mask.is_dense:
+        return False
+    n_runs = mask.full_kv_run_starts.numel()
+    return n_runs > 0 and mask.n_full >= LONG_RUN_BLOCKS * n_runs
 
 
 def _table_key(head_dim_padded: int, dtype: torch.dtype, long_rows: bool):

@@ -32,6 +32,7 @@ import triton.language as tl
 
 from .common import (
     auto_schedule,
+    walk_full_blocks_as_runs,
     LN2_JIT,
     LOG2E,
     ForwardConfig,
@@ -104,7 +105,7 @@ def _online_softmax_step(
 @triton.jit
 def _attention_forward_kernel(
     Q, K, V, Out, Lse,
-    full_kv_run_offsets, full_kv_run_starts, full_kv_run_ends,
+    full_kv_offsets, full_kv_indices, full_kv_run_offsets, full_kv_run_starts, full_kv_run_ends,
     partial_kv_offsets, partial_kv_indices, partial_kv_tiles, tiles,
     q_block_order,
     stride_qb, stride_qh, stride_qm, stride_qd,
@@ -123,6 +124,7 @@ def _attention_forward_kernel(
     DOT_PRECISION: tl.constexpr,
     HEAVY_FIRST: tl.constexpr,
     HEADS_FASTEST: tl.constexpr,
+    FULL_RUNS: tl.constexpr,
 ):  # fmt: skip
     start_m, batch_head = program_tile(q_block_order, BLOCK_M, MASK_BLOCK_M, HEAVY_FIRST, HEADS_FASTEST)
     batch = batch_head // n_q_heads
@@ -165,15 +167,28 @@ def _attention_forward_kernel(
         # One loop step per kernel tile: a mask block is N_STEPS consecutive steps.
         N_STEPS = MASK_BLOCK_N // BLOCK_N
 
-        # Full blocks come as runs of consecutive blocks: inside a run the key offset is affine in
-        # the loop counter, as in dense attention, so the compiler can prefetch K and V stages
-        # ahead (walking a block list one loaded index at a time ran 27% slower).
-        run_begin = tl.load(full_kv_run_offsets + mask_row)
-        run_end = tl.load(full_kv_run_offsets + mask_row + 1)
-        for run in range(run_begin, run_end):
-            first_key = tl.load(full_kv_run_starts + run) * MASK_BLOCK_N
-            last_key = tl.load(full_kv_run_ends + run) * MASK_BLOCK_N
-            for start_n in range(first_key, last_key, BLOCK_N):
+        if FULL_RUNS:
+            # Long runs of consecutive full blocks: inside a run the key offset is affine in the
+            # loop counter, as in dense attention, so the compiler can prefetch K and V stages
+            # ahead (a block list with every block listed ran 27% slower than dense).
+            run_begin = tl.load(full_kv_run_offsets + mask_row)
+            run_end = tl.load(full_kv_run_offsets + mask_row + 1)
+            for run in range(run_begin, run_end):
+                first_key = tl.load(full_kv_run_starts + run) * MASK_BLOCK_N
+                last_key = tl.load(full_kv_run_ends + run) * MASK_BLOCK_N
+                for start_n in range(first_key, last_key, BLOCK_N):
+                    acc, m_i, l_i = _online_softmax_step(
+                        acc, m_i, l_i, q, k_base, v_base, start_n, offs_n, offs_d,
+                        stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
+                        _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION,
+                    )  # fmt: skip
+        else:
+            # Short rows: one flat loop over the listed blocks pipelines better than nested runs.
+            full_begin = tl.load(full_kv_offsets + mask_row)
+            full_end = tl.load(full_kv_offsets + mask_row + 1)
+            for step in range(full_begin * N_STEPS, full_end * N_STEPS):
+                kv_block = tl.load(full_kv_indices + step // N_STEPS)
+                start_n = kv_block * MASK_BLOCK_N + (step % N_STEPS) * BLOCK_N
                 acc, m_i, l_i = _online_softmax_step(
                     acc, m_i, l_i, q, k_base, v_base, start_n, offs_n, offs_d,
                     stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
@@ -250,6 +265,7 @@ def attention_forward(
             MASK_BLOCK_N=mask.block_n,
             IS_DENSE=mask.is_dense,
             **schedule_constants(schedule, mask.is_dense),
+            FULL_RUNS=walk_full_blocks_as_runs(config, mask),
             DOT_PRECISION=dot_precision(q.dtype, allow_tf32),
             num_warps=config.num_warps,
             num_stages=config.num_stages,

@@ -25,10 +25,26 @@ def test_every_schedule_matches_the_oracle(schedule, pattern, length, monkeypatc
     q, k, v, dout = (torch.randn(2, 3, length, 32, generator=gen) for _ in range(4))
     mask = sparseflash.compile_mask(pattern, length, length, block_m=32, block_n=32)
     allowed = sparseflash.parse(pattern).dense_mask(length, length)
-    scale = 32**-0.5
-    out, lse = attention_forward(q, k, v, mask, scale, config=ForwardConfig(16, 16, 4, 1, schedule))
+    check_kernels_against_oracle(q, k, v, dout, mask, allowed, schedule, full_runs=None)
+
+
+# Both ways of walking full blocks: as runs of consecutive blocks, and one listed block at a time.
+@pytest.mark.parametrize("full_runs", [False, True], ids=["block-list", "runs"])
+@pytest.mark.parametrize("pattern", ["causal", "chunk(48) + sink(3) - local(2)"])
+def test_full_block_walks_match_the_oracle(pattern, full_runs, monkeypatch):
+    monkeypatch.setattr(kernels, "POISON_OUTPUTS", True)
+    gen = torch.Generator().manual_seed(11)
+    q, k, v, dout = (torch.randn(1, 2, 130, 32, generator=gen) for _ in range(4))
+    mask = sparseflash.compile_mask(pattern, 130, 130, block_m=16, block_n=16)
+    allowed = sparseflash.parse(pattern).dense_mask(130, 130)
+    check_kernels_against_oracle(q, k, v, dout, mask, allowed, Schedule(), full_runs=full_runs)
+
+
+def check_kernels_against_oracle(q, k, v, dout, mask, allowed, schedule, full_runs):
+    scale = q.shape[-1] ** -0.5
+    out, lse = attention_forward(q, k, v, mask, scale, config=ForwardConfig(16, 16, 4, 1, schedule, full_runs))
     dq, dk, dv = attention_backward(
-        dout, q, k, v, out, lse, mask, scale, config=BackwardConfig(16, 32, 32, 16, 4, 1, schedule)
+        dout, q, k, v, out, lse, mask, scale, config=BackwardConfig(16, 16, 16, 16, 4, 1, schedule, full_runs)
     )
     leaves = [t.clone().double().requires_grad_(True) for t in (q, k, v)]
     ref_out, ref_lse = reference_attention(*leaves, allowed)
