@@ -113,10 +113,14 @@ ROUND3_CASES = [
 ]
 
 
-def round3_configs(mask, forward: bool) -> list:
+def default_config(mask, forward: bool):
     from sparseflash.kernels.common import default_backward_config, default_forward_config
 
-    default = (default_forward_config if forward else default_backward_config)(128, torch.bfloat16, mask)
+    return (default_forward_config if forward else default_backward_config)(128, torch.bfloat16, mask)
+
+
+def round3_configs(mask, forward: bool) -> list:
+    default = default_config(mask, forward)
     return [with_field(default, "full_runs", False), with_field(default, "full_runs", True)]
 
 
@@ -150,7 +154,7 @@ def tune_case(name, pattern, n, head_dim, batch, heads, only, rows, deadline, ma
         schedules = [None]  # the launchers' own choice (auto_schedule)
     reference = None
     if only in ("fwd", "both"):
-        for config in {1: FORWARD_CONFIGS[head_dim], 2: ROUND2_FORWARD, 3: round3_configs(mask, True)}[ROUND]:
+        for config in {1: FORWARD_CONFIGS[head_dim], 2: ROUND2_FORWARD, 3: round3_configs(mask, True), 4: [default_config(mask, True)]}[ROUND]:
             for schedule in schedules:
                 if time.monotonic() > deadline:
                     return
@@ -168,7 +172,7 @@ def tune_case(name, pattern, n, head_dim, batch, heads, only, rows, deadline, ma
     if only in ("bwd", "both"):
         out, lse = attention_forward(q, k, v, mask, scale)
         reference = None
-        for config in {1: BACKWARD_CONFIGS[head_dim], 2: ROUND2_BACKWARD, 3: round3_configs(mask, False)}[ROUND]:
+        for config in {1: BACKWARD_CONFIGS[head_dim], 2: ROUND2_BACKWARD, 3: round3_configs(mask, False), 4: [default_config(mask, False)]}[ROUND]:
             for schedule in schedules[:2]:
                 if time.monotonic() > deadline:
                     return
@@ -196,7 +200,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=["fwd", "bwd", "both"], default="both")
     parser.add_argument("--cases", help="comma-separated case names (default: all)")
-    parser.add_argument("--round", type=int, choices=[1, 2, 3], default=1, help="1: broad sweep; 2: around round 1's winners; 3: full blocks as runs or as a list")
+    parser.add_argument("--round", type=int, choices=[1, 2, 3, 4], default=1, help="1: broad sweep; 2: around round 1's winners; 3: full blocks as runs or as a list; 4: the defaults alone")
     parser.add_argument("--budget-s", type=float, default=480, help="stop timing after this many seconds")
     args = parser.parse_args(argv)
     deadline = time.monotonic() + args.budget_s
@@ -204,7 +208,7 @@ def main(argv=None) -> int:
     ROUND = args.round
     chosen = set(args.cases.split(",")) if args.cases else None
     rows = []
-    for case in {1: CASES, 2: ROUND2_CASES, 3: ROUND3_CASES}[ROUND]:
+    for case in {1: CASES, 2: ROUND2_CASES, 3: ROUND3_CASES, 4: ROUND3_CASES}[ROUND]:
         if chosen is None or case[0] in chosen:
             tune_case(*case[:6], args.only, rows, deadline, *case[6:])
     print("\nfastest per case and pass:")

@@ -125,10 +125,10 @@ def _dkdv_step(
     if MASK_MODE == _TILE_MASK:
         scores_t = tl.where(allowed_t, scores_t, float("-inf"))
     p_t = tl.math.exp2(scores_t - lse2[None, :])  # [BLOCK_N, BLOCK_M]
-    dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PRECISION)
+    dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PRECISION)  # accumulates in place
     dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # [BLOCK_N, BLOCK_M]
     ds_t = p_t * (dp_t - delta[None, :])
-    dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
+    dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
     return dk, dv
 
 
@@ -284,7 +284,7 @@ def _dq_step(
     p = tl.math.exp2(scores - lse2[:, None])  # [BLOCK_M, BLOCK_N]
     dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
     ds = p * (dp - delta[:, None])
-    dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+    dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
     return dq
 
 

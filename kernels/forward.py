@@ -98,7 +98,8 @@ def _online_softmax_step(
     p = tl.math.exp2(scores - m_shift[:, None])  # [BLOCK_M, BLOCK_N]
     alpha = tl.math.exp2(m_i - m_shift)  # [BLOCK_M]: rescales what was summed under the old max
     l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+    # The product accumulates into acc in place (one matrix instruction chain, no separate add).
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
     return acc, m_new, l_i
 
 
