@@ -192,7 +192,7 @@ def auto_schedule(mask, by_rows: bool) -> Schedule:
     """Heads fastest when a few rows (columns, for dK/dV) are much longer than the rest, as under
     ``global(g)``: then every head's long row starts at once. Balanced masks keep query tiles
     fastest, so that programs running together share one head's K and V in L2 (measured: listing
-    every block of a dense mask ran 1.6x slower with heads fastest)."""
+    every block of a dense mask ran 1.27x slower with heads fastest)."""
     longest = mask.max_blocks_per_row if by_rows else mask.max_blocks_per_col
     n_lines = mask.n_q_blocks if by_rows else mask.n_kv_blocks
     mean = (mask.n_full + mask.n_partial) / n_lines
