@@ -205,8 +205,8 @@ LONG_RUN_BLOCKS = 8
 
 def walk_full_blocks_as_runs(config, mask) -> bool:
     """Runs of consecutive full blocks give the compiler affine offsets to prefetch, which pays on
-    long runs (a mask listing every block: 27% faster); on short runs the nested loop's extra
-    prologue costs more than it gains (a 256-token band: 35% slower). ``config.full_runs`` overrides."""
+    long runs (a mask listing every block: 2.84 -> 2.60 ms; causal 32k: 11.8 -> 10.2 ms); on short
+    runs the nested loop's extra prologue costs more than it gains (local(256)+global(4): 0.78 -> 1.06 ms). ``config.full_runs`` overrides."""
     if config.full_runs is not None:
         return config.full_runs
     if mask.is_dense:
