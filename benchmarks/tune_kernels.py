@@ -113,6 +113,29 @@ ROUND3_CASES = [
 ]
 
 
+# Round 5: head dim 64 with long rows (causal ran at 0.77x FlexAttention there).
+ROUND5_CASES = [
+    ("causal-8k-d64", "causal", 8192, 64, 2, 32),
+    ("dense-8k-d64", "dense", 8192, 64, 2, 32),
+]
+ROUND5_FORWARD = [
+    ForwardConfig(128, 64, 8, 3, full_runs=True),
+    ForwardConfig(128, 64, 8, 3, full_runs=False),
+    ForwardConfig(128, 64, 4, 3, full_runs=True),
+    ForwardConfig(128, 128, 8, 3, full_runs=True),
+    ForwardConfig(128, 128, 4, 3, full_runs=True),
+    ForwardConfig(64, 64, 4, 3, full_runs=True),
+    ForwardConfig(128, 64, 4, 4, full_runs=True),
+]
+ROUND5_BACKWARD = [
+    BackwardConfig(64, 64, 64, 64, 4, 3, full_runs=True),
+    BackwardConfig(64, 64, 64, 64, 4, 3, full_runs=False),
+    BackwardConfig(64, 128, 128, 64, 8, 3, full_runs=True),
+    BackwardConfig(32, 128, 128, 32, 4, 3, full_runs=True),
+    BackwardConfig(64, 128, 128, 64, 4, 3, full_runs=True),
+]
+
+
 def default_config(mask, forward: bool):
     from sparseflash.kernels.common import default_backward_config, default_forward_config
 
@@ -154,7 +177,7 @@ def tune_case(name, pattern, n, head_dim, batch, heads, only, rows, deadline, ma
         schedules = [None]  # the launchers' own choice (auto_schedule)
     reference = None
     if only in ("fwd", "both"):
-        for config in {1: FORWARD_CONFIGS[head_dim], 2: ROUND2_FORWARD, 3: round3_configs(mask, True), 4: [default_config(mask, True)]}[ROUND]:
+        for config in {1: FORWARD_CONFIGS[head_dim], 2: ROUND2_FORWARD, 3: round3_configs(mask, True), 4: [default_config(mask, True)], 5: ROUND5_FORWARD}[ROUND]:
             for schedule in schedules:
                 if time.monotonic() > deadline:
                     return
@@ -172,7 +195,7 @@ def tune_case(name, pattern, n, head_dim, batch, heads, only, rows, deadline, ma
     if only in ("bwd", "both"):
         out, lse = attention_forward(q, k, v, mask, scale)
         reference = None
-        for config in {1: BACKWARD_CONFIGS[head_dim], 2: ROUND2_BACKWARD, 3: round3_configs(mask, False), 4: [default_config(mask, False)]}[ROUND]:
+        for config in {1: BACKWARD_CONFIGS[head_dim], 2: ROUND2_BACKWARD, 3: round3_configs(mask, False), 4: [default_config(mask, False)], 5: ROUND5_BACKWARD}[ROUND]:
             for schedule in schedules[:2]:
                 if time.monotonic() > deadline:
                     return
@@ -200,7 +223,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=["fwd", "bwd", "both"], default="both")
     parser.add_argument("--cases", help="comma-separated case names (default: all)")
-    parser.add_argument("--round", type=int, choices=[1, 2, 3, 4], default=1, help="1: broad sweep; 2: around round 1's winners; 3: full blocks as runs or as a list; 4: the defaults alone")
+    parser.add_argument("--round", type=int, choices=[1, 2, 3, 4, 5], default=1, help="1: broad sweep; 2: around round 1's winners; 3: full blocks as runs or as a list; 4: the defaults alone; 5: head dim 64, long rows")
     parser.add_argument("--budget-s", type=float, default=480, help="stop timing after this many seconds")
     args = parser.parse_args(argv)
     deadline = time.monotonic() + args.budget_s
@@ -208,7 +231,7 @@ def main(argv=None) -> int:
     ROUND = args.round
     chosen = set(args.cases.split(",")) if args.cases else None
     rows = []
-    for case in {1: CASES, 2: ROUND2_CASES, 3: ROUND3_CASES, 4: ROUND3_CASES}[ROUND]:
+    for case in {1: CASES, 2: ROUND2_CASES, 3: ROUND3_CASES, 4: ROUND3_CASES, 5: ROUND5_CASES}[ROUND]:
         if chosen is None or case[0] in chosen:
             tune_case(*case[:6], args.only, rows, deadline, *case[6:])
     print("\nfastest per case and pass:")
