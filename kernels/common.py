@@ -143,49 +143,51 @@ class BackwardConfig:
 
 
 # Measured on an H200 (bf16, benchmarks/tune_kernels.py, 2026-11-21; results in
-# benchmarks/results/tune_h200_*.json), keyed by (padded head dim, 16-bit?, long rows?). "Long rows"
-# (dense, or 16+ blocks a row on average) want big tiles and 8 warps, like FlashAttention; short
+# benchmarks/results/tune_h200_*.json), keyed by (padded head dim, 16-bit?, row_class(mask)). Dense
+# and long rows (16+ blocks a row on average) want big tiles and 8 warps, like FlashAttention; short
 # rows (bands, butterflies) are dominated by each program's prologue and epilogue and run best with
-# small tiles and more programs. float32 inputs use exact (ieee) products on FMA units: small
-# tiles, untuned. Tiles are clamped to the mask's block (a kernel tile never spans two blocks).
+# small tiles and more programs. Tiles are clamped to the mask's block (a kernel tile never spans
+# two blocks).
 FORWARD_DEFAULTS = {
-    (64, True, True): ForwardConfig(128, 64, num_warps=8, num_stages=3),
-    (64, True, False): ForwardConfig(128, 64, num_warps=4, num_stages=3),
-    (128, True, True): ForwardConfig(128, 128, num_warps=8, num_stages=3),
-    (128, True, False): ForwardConfig(64, 64, num_warps=4, num_stages=3),
-    (256, True, True): ForwardConfig(64, 64, num_warps=8, num_stages=2),
-    (256, True, False): ForwardConfig(64, 64, num_warps=8, num_stages=2),
-    (64, False, True): ForwardConfig(64, 32, num_warps=4, num_stages=2),
-    (64, False, False): ForwardConfig(64, 32, num_warps=4, num_stages=2),
-    (128, False, True): ForwardConfig(64, 32, num_warps=4, num_stages=2),
-    (128, False, False): ForwardConfig(64, 32, num_warps=4, num_stages=2),
-    (256, False, True): ForwardConfig(32, 32, num_warps=4, num_stages=1),
-    (256, False, False): ForwardConfig(32, 32, num_warps=4, num_stages=1),
+    (64, True, "dense"): ForwardConfig(128, 64, num_warps=8, num_stages=3),
+    (64, True, "long"): ForwardConfig(128, 64, num_warps=4, num_stages=3),  # causal 8k: 1.93 -> 1.54 ms
+    (64, True, "short"): ForwardConfig(128, 64, num_warps=4, num_stages=3),
+    (128, True, "dense"): ForwardConfig(128, 128, num_warps=8, num_stages=3),
+    (128, True, "long"): ForwardConfig(128, 128, num_warps=8, num_stages=3),
+    (128, True, "short"): ForwardConfig(64, 64, num_warps=4, num_stages=3),
+    (256, True, "dense"): ForwardConfig(64, 64, num_warps=8, num_stages=2),
+    (256, True, "long"): ForwardConfig(64, 64, num_warps=8, num_stages=2),
+    (256, True, "short"): ForwardConfig(64, 64, num_warps=8, num_stages=2),
 }
 BACKWARD_DEFAULTS = {
-    (64, True, True): BackwardConfig(64, 64, 64, 64, num_warps=4, num_stages=3),
-    (64, True, False): BackwardConfig(64, 64, 64, 64, num_warps=4, num_stages=3),
-    (128, True, True): BackwardConfig(64, 128, 128, 64, num_warps=8, num_stages=3),
-    (128, True, False): BackwardConfig(64, 64, 64, 64, num_warps=4, num_stages=2),
-    (256, True, True): BackwardConfig(32, 64, 64, 32, num_warps=8, num_stages=1),
-    (256, True, False): BackwardConfig(32, 64, 64, 32, num_warps=8, num_stages=1),
-    (64, False, True): BackwardConfig(32, 64, 64, 32, num_warps=4, num_stages=2),
-    (64, False, False): BackwardConfig(32, 64, 64, 32, num_warps=4, num_stages=2),
-    (128, False, True): BackwardConfig(32, 32, 32, 32, num_warps=4, num_stages=1),
-    (128, False, False): BackwardConfig(32, 32, 32, 32, num_warps=4, num_stages=1),
-    (256, False, True): BackwardConfig(16, 16, 16, 16, num_warps=4, num_stages=1),
-    (256, False, False): BackwardConfig(16, 16, 16, 16, num_warps=4, num_stages=1),
+    (64, True, "dense"): BackwardConfig(64, 64, 64, 64, num_warps=4, num_stages=3),
+    (64, True, "long"): BackwardConfig(64, 64, 64, 64, num_warps=4, num_stages=3),
+    (64, True, "short"): BackwardConfig(64, 64, 64, 64, num_warps=4, num_stages=3),
+    (128, True, "dense"): BackwardConfig(64, 128, 128, 64, num_warps=8, num_stages=3),
+    (128, True, "long"): BackwardConfig(64, 128, 128, 64, num_warps=8, num_stages=3),
+    (128, True, "short"): BackwardConfig(64, 64, 64, 64, num_warps=4, num_stages=2),
+    (256, True, "dense"): BackwardConfig(32, 64, 64, 32, num_warps=8, num_stages=1),
+    (256, True, "long"): BackwardConfig(32, 64, 64, 32, num_warps=8, num_stages=1),
+    (256, True, "short"): BackwardConfig(32, 64, 64, 32, num_warps=8, num_stages=1),
 }
+# float32 (exact products on FMA units): small tiles whatever the rows, untuned.
+for _rows in ("dense", "long", "short"):
+    FORWARD_DEFAULTS[64, False, _rows] = ForwardConfig(64, 32, num_warps=4, num_stages=2)
+    FORWARD_DEFAULTS[128, False, _rows] = ForwardConfig(64, 32, num_warps=4, num_stages=2)
+    FORWARD_DEFAULTS[256, False, _rows] = ForwardConfig(32, 32, num_warps=4, num_stages=1)
+    BACKWARD_DEFAULTS[64, False, _rows] = BackwardConfig(32, 64, 64, 32, num_warps=4, num_stages=2)
+    BACKWARD_DEFAULTS[128, False, _rows] = BackwardConfig(32, 32, 32, 32, num_warps=4, num_stages=1)
+    BACKWARD_DEFAULTS[256, False, _rows] = BackwardConfig(16, 16, 16, 16, num_warps=4, num_stages=1)
 
 # Rows with at least this many blocks on average count as long.
 LONG_ROW_BLOCKS = 16
 
 
-def has_long_rows(mask) -> bool:
-    """Dense masks, and masks whose rows hold LONG_ROW_BLOCKS non-empty blocks or more on average."""
+def row_class(mask) -> str:
+    """"dense" (no lists), "long" (LONG_ROW_BLOCKS non-empty blocks a row or more on average) or "short"."""
     if mask.is_dense:
-        return True
-    return mask.n_full + mask.n_partial >= LONG_ROW_BLOCKS * mask.n_q_blocks
+        return "dense"
+    return "long" if mask.n_full + mask.n_partial >= LONG_ROW_BLOCKS * mask.n_q_blocks else "short"
 
 
 def auto_schedule(mask, by_rows: bool) -> Schedule:
@@ -215,9 +217,9 @@ def walk_full_blocks_as_runs(config, mask) -> bool:
     return n_runs > 0 and mask.n_full >= LONG_RUN_BLOCKS * n_runs
 
 
-def _table_key(head_dim_padded: int, dtype: torch.dtype, long_rows: bool):
+def _table_key(head_dim_padded: int, dtype: torch.dtype, rows: str):
     size = 64 if head_dim_padded <= 64 else 128 if head_dim_padded <= 128 else 256
-    return size, dtype in (torch.float16, torch.bfloat16), long_rows
+    return size, dtype in (torch.float16, torch.bfloat16), rows
 
 
 def fit_tile(wanted: int, mask_block: int, length: int) -> int:
@@ -228,7 +230,7 @@ def fit_tile(wanted: int, mask_block: int, length: int) -> int:
 
 
 def default_forward_config(head_dim_padded, dtype, mask) -> ForwardConfig:
-    base = FORWARD_DEFAULTS[_table_key(head_dim_padded, dtype, has_long_rows(mask))]
+    base = FORWARD_DEFAULTS[_table_key(head_dim_padded, dtype, row_class(mask))]
     return ForwardConfig(
         fit_tile(base.block_m, mask.block_m, mask.q_len),
         fit_tile(base.block_n, mask.block_n, mask.kv_len),
@@ -238,7 +240,7 @@ def default_forward_config(head_dim_padded, dtype, mask) -> ForwardConfig:
 
 
 def default_backward_config(head_dim_padded, dtype, mask) -> BackwardConfig:
-    base = BACKWARD_DEFAULTS[_table_key(head_dim_padded, dtype, has_long_rows(mask))]
+    base = BACKWARD_DEFAULTS[_table_key(head_dim_padded, dtype, row_class(mask))]
     return BackwardConfig(
         fit_tile(base.block_m1, mask.block_m, mask.q_len),
         fit_tile(base.block_n1, mask.block_n, mask.kv_len),
