@@ -1,4 +1,5 @@
-"""Pieces shared by the forward and backward kernels: tile loads, tuning tables, output allocation.
+"""Pieces shared by the forward and backward kernels: tile loads, tuning tables, launch schedules,
+output allocation.
 
 Notation (all kernels):
     B        batch                      Hq, Hkv  query / key-value heads, GROUP_SIZE = Hq // Hkv

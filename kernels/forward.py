@@ -1,12 +1,14 @@
 """Block-sparse FlashAttention forward (FlashAttention-2 order).
 
-Notation: see ``common.py``. One program per (kernel query tile, batch * q head):
+Notation: see ``common.py``. One program per (kernel query tile, batch * q head), started in the
+order of ``common.Schedule`` (longest rows first; heads fastest when rows are uneven):
 
     o[i]   = sum_j softmax_j(scale * q[i] . k[j] over allowed j) * v[j]          [BLOCK_M, D]
     lse[i] = log sum_j exp(scale * q[i] . k[j]) over allowed j (natural log)     [BLOCK_M]
 
 The program loads its Q tile once and walks its mask row: first the *full* blocks (every pair
-allowed, never padded: no mask code at all), then the *partial* blocks (their uint8 tile masks the
+allowed, never padded: no mask code at all; as runs of consecutive blocks when runs are long, see
+``common.walk_full_blocks_as_runs``), then the *partial* blocks (their uint8 tile masks the
 scores with -inf; K/V loads are bounds-checked because a partial block may hang past kv_len). Empty
 blocks are never touched. For the pattern ``dense`` no list is read: the program walks every key
 tile and masks only the last one, when kv_len is not a multiple of BLOCK_N.
