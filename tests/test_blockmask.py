@@ -228,3 +228,39 @@ def test_full_block_runs_cover_exactly_the_full_blocks(text):
             # maximal runs: two runs of a line never touch
             for r in range(run_offsets[line] + 1, run_offsets[line + 1]):
                 assert starts[r] > ends[r - 1]
+
+
+# ------------------------------------------------------------------ random trees (property test)
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_leaves = st.sampled_from(
+    ["dense", "causal", "local(3)", "local(0, 9)", "local(17, 2)", "global(5)", "sink(7)", "strided(3)", "strided(40)",
+     "butterfly(4)", "butterfly(8, 1)", "butterfly(32)", "chunk(6)", "chunk(33)"]
+)  # fmt: skip
+_trees = st.recursive(
+    _leaves,
+    lambda inner: st.one_of(
+        st.tuples(inner, st.sampled_from(["+", "-", "&"]), inner).map(lambda t: f"({t[0]}) {t[1]} ({t[2]})"),
+        inner.map(lambda t: f"~({t})"),
+    ),
+    max_leaves=5,
+)
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    text=_trees,
+    q_len=st.integers(1, 90),
+    kv_len=st.integers(1, 90),
+    block_m=st.sampled_from([16, 32]),
+    block_n=st.sampled_from([16, 64]),
+)
+def test_random_trees_compile_exactly(text, q_len, kv_len, block_m, block_n):
+    """Any combination, any sizes: block classes and element masks equal the dense oracle's."""
+    exact = parse(text).dense_mask(q_len, kv_len)
+    mask = compile_mask(text, q_len, kv_len, block_m=block_m, block_n=block_n, cache=False)
+    assert torch.equal(mask.to_dense(), reference_block_classes(exact, block_m, block_n))
+    assert torch.equal(mask.to_dense_mask(), exact)
+    assert mask.allowed_pairs == int(exact.sum())
