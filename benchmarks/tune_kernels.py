@@ -136,10 +136,23 @@ ROUND5_BACKWARD = [
 ]
 
 
-def default_config(mask, forward: bool):
+# Round 6: short rows on 64x64 mask blocks against 128x128, the default kernel configs.
+ROUND6_CASES = [
+    (f"{name}-mask{block}", pattern, n, d, b, h, block)
+    for name, pattern, n, d, b, h in [
+        ("local256+global4-32k-d128", "local(256)+global(4)", 32768, 128, 1, 16),
+        ("local1k&causal-32k-d128", "local(1k) & causal", 32768, 128, 1, 16),
+        ("butterfly128-32k-d128", "butterfly(128)", 32768, 128, 1, 16),
+        ("local256+global4-32k-d64", "local(256)+global(4)", 32768, 64, 1, 32),
+    ]
+    for block in (128, 64)
+]
+
+
+def default_config(mask, forward: bool, head_dim: int = 128):
     from sparseflash.kernels.common import default_backward_config, default_forward_config
 
-    return (default_forward_config if forward else default_backward_config)(128, torch.bfloat16, mask)
+    return (default_forward_config if forward else default_backward_config)(head_dim, torch.bfloat16, mask)
 
 
 def round3_configs(mask, forward: bool) -> list:
@@ -177,7 +190,7 @@ def tune_case(name, pattern, n, head_dim, batch, heads, only, rows, deadline, ma
         schedules = [None]  # the launchers' own choice (auto_schedule)
     reference = None
     if only in ("fwd", "both"):
-        for config in {1: FORWARD_CONFIGS[head_dim], 2: ROUND2_FORWARD, 3: round3_configs(mask, True), 4: [default_config(mask, True)], 5: ROUND5_FORWARD}[ROUND]:
+        for config in {1: FORWARD_CONFIGS[head_dim], 2: ROUND2_FORWARD, 3: round3_configs(mask, True), 4: [default_config(mask, True)], 5: ROUND5_FORWARD, 6: [default_config(mask, True, head_dim)]}[ROUND]:
             for schedule in schedules:
                 if time.monotonic() > deadline:
                     return
@@ -195,7 +208,7 @@ def tune_case(name, pattern, n, head_dim, batch, heads, only, rows, deadline, ma
     if only in ("bwd", "both"):
         out, lse = attention_forward(q, k, v, mask, scale)
         reference = None
-        for config in {1: BACKWARD_CONFIGS[head_dim], 2: ROUND2_BACKWARD, 3: round3_configs(mask, False), 4: [default_config(mask, False)], 5: ROUND5_BACKWARD}[ROUND]:
+        for config in {1: BACKWARD_CONFIGS[head_dim], 2: ROUND2_BACKWARD, 3: round3_configs(mask, False), 4: [default_config(mask, False)], 5: ROUND5_BACKWARD, 6: [default_config(mask, False, head_dim)]}[ROUND]:
             for schedule in schedules[:2]:
                 if time.monotonic() > deadline:
                     return
@@ -223,7 +236,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=["fwd", "bwd", "both"], default="both")
     parser.add_argument("--cases", help="comma-separated case names (default: all)")
-    parser.add_argument("--round", type=int, choices=[1, 2, 3, 4, 5], default=1, help="1: broad sweep; 2: around round 1's winners; 3: full blocks as runs or as a list; 4: the defaults alone; 5: head dim 64, long rows")
+    parser.add_argument("--round", type=int, choices=[1, 2, 3, 4, 5, 6], default=1, help="1: broad sweep; 2: around round 1's winners; 3: full blocks as runs or as a list; 4: the defaults alone; 5: head dim 64, long rows; 6: short rows on 64x64 mask blocks")
     parser.add_argument("--budget-s", type=float, default=480, help="stop timing after this many seconds")
     args = parser.parse_args(argv)
     deadline = time.monotonic() + args.budget_s
@@ -231,7 +244,7 @@ def main(argv=None) -> int:
     ROUND = args.round
     chosen = set(args.cases.split(",")) if args.cases else None
     rows = []
-    for case in {1: CASES, 2: ROUND2_CASES, 3: ROUND3_CASES, 4: ROUND3_CASES, 5: ROUND5_CASES}[ROUND]:
+    for case in {1: CASES, 2: ROUND2_CASES, 3: ROUND3_CASES, 4: ROUND3_CASES, 5: ROUND5_CASES, 6: ROUND6_CASES}[ROUND]:
         if chosen is None or case[0] in chosen:
             tune_case(*case[:6], args.only, rows, deadline, *case[6:])
     print("\nfastest per case and pass:")
