@@ -145,7 +145,7 @@ class BackwardConfig:
 
 # Measured on an H200 (bf16, benchmarks/tune_kernels.py, 2026-11-21; results in
 # benchmarks/results/tune_h200_*.json), keyed by (padded head dim, 16-bit?, row_class(mask)). Dense
-# and long rows (16+ blocks a row on average) want big tiles and 8 warps, like FlashAttention; short
+# and long rows (2k+ keys a row on average) want big tiles and 8 warps, like FlashAttention; short
 # rows (bands, butterflies) are dominated by each program's prologue and epilogue and run best with
 # small tiles and more programs. Tiles are clamped to the mask's block (a kernel tile never spans
 # two blocks).
@@ -180,15 +180,18 @@ for _rows in ("dense", "long", "short"):
     BACKWARD_DEFAULTS[128, False, _rows] = BackwardConfig(32, 32, 32, 32, num_warps=4, num_stages=1)
     BACKWARD_DEFAULTS[256, False, _rows] = BackwardConfig(16, 16, 16, 16, num_warps=4, num_stages=1)
 
-# Rows with at least this many blocks on average count as long.
-LONG_ROW_BLOCKS = 16
+# Rows with at least this many keys in non-empty blocks on average count as long (16 blocks of 128).
+# Counted in keys, not blocks: 64x64 masks of `local(1k) & causal` once crossed a 16-block line
+# and ran 2x slower on the long-row tiles.
+LONG_ROW_KEYS = 2048
 
 
 def row_class(mask) -> str:
-    """"dense" (no lists), "long" (LONG_ROW_BLOCKS non-empty blocks a row or more on average) or "short"."""
+    """"dense" (no lists), "long" (LONG_ROW_KEYS keys a row or more on average) or "short"."""
     if mask.is_dense:
         return "dense"
-    return "long" if mask.n_full + mask.n_partial >= LONG_ROW_BLOCKS * mask.n_q_blocks else "short"
+    keys_per_row = (mask.n_full + mask.n_partial) * mask.block_n / mask.n_q_blocks
+    return "long" if keys_per_row >= LONG_ROW_KEYS else "short"
 
 
 def auto_schedule(mask, by_rows: bool) -> Schedule:

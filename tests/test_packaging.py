@@ -1,5 +1,6 @@
 """The installed package, not the source tree: grammar and kernels ship inside it."""
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,8 +22,11 @@ def run_python(code: str, cwd: Path, extra_path: Path | None = None) -> str:
 @pytest.mark.slow
 def test_plain_install_ships_grammar_and_kernels(tmp_path):
     target = tmp_path / "site"
+    # Built from a copy, so that setuptools' build/ folder lands there and not in the source tree.
+    source = tmp_path / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "__pycache__", ".whl"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target), str(REPO)],
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(target), str(source)],
         check=True,
         capture_output=True,
         timeout=300,
