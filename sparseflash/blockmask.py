@@ -288,13 +288,15 @@ def _classify(pattern: Pattern, geometry: TileGeometry):
 def _compute_tiles(pattern: Pattern, geometry: TileGeometry, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """bool ``(len(rows), block_m, block_n)``: the exact element masks of the given blocks."""
     bm, bn = geometry.block_m, geometry.block_n
-    r = np.arange(bm, dtype=np.int64)[None, :, None]
-    c = np.arange(bn, dtype=np.int64)[None, None, :]
+    # int32 halves the memory traffic of the predicate's arithmetic; positions fit far below 2**30.
+    index_type = np.int32 if max(geometry.q_len, geometry.kv_len) < 2**30 else np.int64
+    r = np.arange(bm, dtype=index_type)[None, :, None]
+    c = np.arange(bn, dtype=index_type)[None, None, :]
     out = np.empty((rows.size, bm, bn), dtype=bool)
     for start in range(0, rows.size, _TILES_PER_BATCH):
         batch_rows, batch_cols = rows[start : start + _TILES_PER_BATCH], cols[start : start + _TILES_PER_BATCH]
-        first_q = batch_rows * bm
-        first_k = batch_cols * bn
+        first_q = (batch_rows * bm).astype(index_type)
+        first_k = (batch_cols * bn).astype(index_type)
         p = (first_q + geometry.offset)[:, None, None] + r
         j = first_k[:, None, None] + c
         valid = ((first_q[:, None, None] + r) < geometry.q_len) & (j < geometry.kv_len)
@@ -384,14 +386,12 @@ def _csr(major: np.ndarray, minor: np.ndarray, n_major: int):
     return offsets, order
 
 
-def _allowed_pairs(geometry: TileGeometry, rows, cols, classes, tile_of_block, tiles) -> int:
+def _allowed_pairs(geometry: TileGeometry, classes, tile_of_block, tiles) -> int:
+    # A full block is never padded, so it holds block_m * block_n allowed pairs.
     full = classes == FULL
-    _, row_last = geometry.row_positions(rows[full])
-    row_count = row_last - (rows[full] * geometry.block_m + geometry.offset) + 1
-    _, col_last = geometry.col_positions(cols[full])
-    col_count = col_last - cols[full] * geometry.block_n + 1
     tile_population = np.count_nonzero(tiles, axis=(1, 2))
-    return int((row_count * col_count).sum() + tile_population[tile_of_block[~full]].sum())
+    n_full = int(np.count_nonzero(full))
+    return n_full * geometry.block_m * geometry.block_n + int(tile_population[tile_of_block[~full]].sum())
 
 
 def _leaves(pattern: Pattern):
@@ -445,7 +445,7 @@ def _build_tensors(pattern: Pattern, geometry: TileGeometry, device: torch.devic
     tensors = dict(zip(names, torch.split(flat.to(device), [arrays[name].size for name in names])))
     tensors["tiles"] = torch.from_numpy(tiles.astype(np.uint8)).to(device)
     summary = dict(
-        allowed_pairs=_allowed_pairs(geometry, rows, cols, classes, tile_of_block, tiles),
+        allowed_pairs=_allowed_pairs(geometry, classes, tile_of_block, tiles),
         max_blocks_per_row=longest["q_block_order"],
         max_blocks_per_col=longest["kv_block_order"],
     )
