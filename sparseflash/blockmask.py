@@ -133,7 +133,7 @@ class BlockMask:
             ("pattern", pattern), ("q_len", q_len), ("kv_len", kv_len), ("block_m", block_m),
             ("block_n", block_n), ("allowed_pairs", allowed_pairs), ("max_blocks_per_row", max_blocks_per_row),
             ("max_blocks_per_col", max_blocks_per_col), ("device", torch.device(device)),
-            ("is_dense", is_dense), ("_tensors", tensors), ("_build_tensors", build_tensors),
+            ("is_dense", is_dense), ("_tensors", tensors), ("_build_tensors", build_tensors), ("_copies", {}),
         ):  # fmt: skip
             object.__setattr__(self, name, value)
 
@@ -220,10 +220,18 @@ class BlockMask:
         return sum(t.numel() * t.element_size() for t in self._tensors.values())
 
     def to(self, device) -> BlockMask:
-        """The same mask with its tensors on ``device``."""
+        """The same mask with its tensors on ``device``. The copy is kept, so a CPU-built mask passed
+        with CUDA inputs is copied once, not on every call."""
         device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
         if device == self.device:
             return self
+        if device not in self._copies:
+            self._copies[device] = self._copy_to(device)
+        return self._copies[device]
+
+    def _copy_to(self, device: torch.device) -> BlockMask:
         if self._tensors is None:
             moved = {"build_tensors": lambda: {k: v.to(device) for k, v in self._build_tensors().items()}}
         else:

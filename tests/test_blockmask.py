@@ -156,6 +156,14 @@ def test_to_moves_every_tensor():
     mask = compile_mask("local(30)", 100, block_m=16, block_n=16)
     meta = mask.to("meta")
     assert meta.tiles.device.type == "meta" and meta.partial_q_tiles.device.type == "meta"
+    assert meta.full_kv_run_ends.device.type == "meta" and meta.q_block_order.device.type == "meta"
+
+
+def test_to_keeps_its_copy():
+    """A CPU mask passed with GPU inputs was once copied to the device on every call."""
+    mask = compile_mask("local(30)", 100, block_m=16, block_n=16)
+    assert mask.to("meta") is mask.to("meta")
+    assert mask.to("cpu") is mask
 
 
 @pytest.mark.gpu
