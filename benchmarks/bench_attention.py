@@ -32,7 +32,6 @@ import dataclasses
 import datetime
 import inspect
 import json
-import math
 import os
 import platform
 import shlex

@@ -30,7 +30,7 @@ def blocked_attention(
     Differentiable with respect to q, k and v.
     """
     batch, n_q_heads, q_len, head_dim = q.shape
-    n_kv_heads, kv_len = k.shape[1], k.shape[2]
+    n_kv_heads = k.shape[1]
     group = n_q_heads // n_kv_heads
     compute_dtype = torch.promote_types(q.dtype, torch.float32)
     # Query heads of one kv head side by side: (B, Hkv, group, Lq, D); k, v broadcast over group.

@@ -7,27 +7,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sparseflash
+from pattern_strategies import pattern_trees
 
 kernels_common = pytest.importorskip("sparseflash.kernels.common")
 pytestmark = pytest.mark.filterwarnings("ignore::sparseflash.SparsityWarning")
 
-_leaves = st.sampled_from(
-    ["dense", "causal", "local(3)", "local(0, 9)", "global(5)", "sink(7)", "strided(3)", "strided(40)",
-     "butterfly(4)", "butterfly(8, 1)", "chunk(6)", "chunk(33)"]
-)  # fmt: skip
-_trees = st.recursive(
-    _leaves,
-    lambda inner: st.one_of(
-        st.tuples(inner, st.sampled_from(["+", "-", "&"]), inner).map(lambda t: f"({t[0]}) {t[1]} ({t[2]})"),
-        inner.map(lambda t: f"~({t})"),
-    ),
-    max_leaves=4,
-)
-
-
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    text=_trees,
+    text=pattern_trees(max_leaves=4),
     q_len=st.integers(1, 70),
     kv_len=st.integers(1, 70),
     block=st.sampled_from([16, 32]),

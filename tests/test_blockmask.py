@@ -242,24 +242,12 @@ def test_full_block_runs_cover_exactly_the_full_blocks(text):
 
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-
-_leaves = st.sampled_from(
-    ["dense", "causal", "local(3)", "local(0, 9)", "local(17, 2)", "global(5)", "sink(7)", "strided(3)", "strided(40)",
-     "butterfly(4)", "butterfly(8, 1)", "butterfly(32)", "chunk(6)", "chunk(33)"]
-)  # fmt: skip
-_trees = st.recursive(
-    _leaves,
-    lambda inner: st.one_of(
-        st.tuples(inner, st.sampled_from(["+", "-", "&"]), inner).map(lambda t: f"({t[0]}) {t[1]} ({t[2]})"),
-        inner.map(lambda t: f"~({t})"),
-    ),
-    max_leaves=5,
-)
+from pattern_strategies import pattern_trees  # noqa: E402
 
 
 @settings(max_examples=120, deadline=None)
 @given(
-    text=_trees,
+    text=pattern_trees(max_leaves=5),
     q_len=st.integers(1, 90),
     kv_len=st.integers(1, 90),
     block_m=st.sampled_from([16, 32]),

@@ -3,9 +3,9 @@
 import pytest
 import torch
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import sparseflash
+from pattern_strategies import pattern_trees
 from sparseflash import PatternError, parse
 
 
@@ -109,24 +109,10 @@ def test_python_operators_build_the_same_trees():
 
 # ---------------------------------------------------------------------------------- round trip
 
-_primitive_texts = st.sampled_from(
-    ["dense", "causal", "local(3)", "local(0, 7)", "global(2)", "sink(5)", "strided(3)", "butterfly(4)",
-     "butterfly(2, 1)", "chunk(5)"]
-)  # fmt: skip
-
-
-def _trees(children):
-    return st.one_of(
-        st.tuples(children, st.sampled_from(["+", "|", "-", "&"]), children).map(lambda t: f"({t[0]}) {t[1]} ({t[2]})"),
-        children.map(lambda t: f"~({t})"),
-    )
-
-
-pattern_texts = st.recursive(_primitive_texts, _trees, max_leaves=6)
 
 
 @settings(max_examples=150, deadline=None)
-@given(pattern_texts)
+@given(pattern_trees(max_leaves=6))
 def test_canonical_text_round_trips(text):
     pattern = parse(text)
     again = parse(str(pattern))
