@@ -167,6 +167,11 @@ class BlockMask:
         return int(self.full_kv_indices.numel())
 
     @property
+    def n_tiles(self) -> int:
+        """Distinct partial-block tiles the kernels read (none for ``dense``, which masks its tail itself)."""
+        return 0 if self.is_dense else int(self.tiles.shape[0])
+
+    @property
     def n_partial(self) -> int:
         """Number of partial blocks."""
         if self._tensors is None and self.is_dense:
@@ -174,21 +179,31 @@ class BlockMask:
         return int(self.partial_kv_indices.numel())
 
     # ------------------------------------------------------------------------------------ summaries
-    def to_dense(self) -> torch.Tensor:
-        """int8 ``(n_q_blocks, n_kv_blocks)`` on the CPU: 0 empty, 1 partial, 2 full."""
+    def to_dense(self, max_rows: int | None = None, max_cols: int | None = None) -> torch.Tensor:
+        """int8 block classes on the CPU: 0 empty, 1 partial, 2 full; ``(n_q_blocks, n_kv_blocks)``.
+
+        With ``max_rows`` / ``max_cols`` the grid is reduced to at most that many cells, each keeping
+        the strongest class (full > partial > empty) of the blocks it covers (steps of
+        :func:`grid_steps`), read straight from the lists: no full-size grid is built (at 1M tokens
+        it would hold 67M blocks).
+        """
+        row_step, col_step = grid_steps(self.n_q_blocks, self.n_kv_blocks, max_rows, max_cols)
+        n_rows, n_cols = -(-self.n_q_blocks // row_step), -(-self.n_kv_blocks // col_step)
         if self.is_dense:
-            grid = torch.full((self.n_q_blocks, self.n_kv_blocks), FULL, dtype=torch.int8)
-            grid[self.q_len // self.block_m :, :] = PARTIAL  # blocks that reach past a sequence end
-            grid[:, self.kv_len // self.block_n :] = PARTIAL
+            # Every block is live; only blocks reaching past a sequence end are partial.
+            full_rows, full_cols = self.q_len // self.block_m, self.kv_len // self.block_n
+            grid = torch.full((n_rows, n_cols), PARTIAL, dtype=torch.int8)
+            grid[: -(-full_rows // row_step), : -(-full_cols // col_step)] = FULL
             return grid
-        grid = torch.zeros(self.n_q_blocks, self.n_kv_blocks, dtype=torch.int8)
+        grid = torch.zeros(n_rows, n_cols, dtype=torch.int8)
+        # Partial first, then full: a cell holding both ends up full, the stronger class.
         for offsets, indices, value in (
-            (self.full_kv_offsets, self.full_kv_indices, FULL),
             (self.partial_kv_offsets, self.partial_kv_indices, PARTIAL),
+            (self.full_kv_offsets, self.full_kv_indices, FULL),
         ):
             counts = (offsets[1:] - offsets[:-1]).cpu().long()
-            rows = torch.repeat_interleave(torch.arange(self.n_q_blocks), counts)
-            grid[rows, indices.cpu().long()] = value
+            rows = torch.repeat_interleave(torch.arange(self.n_q_blocks), counts) // row_step
+            grid[rows, indices.cpu().long() // col_step] = value
         return grid
 
     def to_dense_mask(self) -> torch.Tensor:
@@ -249,7 +264,7 @@ class BlockMask:
             f"kv_len={self.kv_len}, block={self.block_m}x{self.block_n}, density={self.density():.2%}, "
             f"blocks={self.block_density():.2%})"
         )
-        return head + "\n" + ascii_grid(self.to_dense(), max_rows=32, max_cols=64)
+        return head + "\n" + ascii_grid(self.to_dense(max_rows=32, max_cols=64))
 
     __repr__ = __str__
 
@@ -259,11 +274,18 @@ class BlockMask:
 _GLYPHS = {EMPTY: " ", PARTIAL: "░", FULL: "█"}
 
 
+def grid_steps(n_rows: int, n_cols: int, max_rows: int | None, max_cols: int | None) -> tuple[int, int]:
+    """Blocks per cell along each axis when a grid is reduced to at most ``max_rows x max_cols``."""
+    row_step = -(-n_rows // max(max_rows, 1)) if max_rows else 1
+    col_step = -(-n_cols // max(max_cols, 1)) if max_cols else 1
+    return row_step, col_step
+
+
 def reduce_grid(grid: torch.Tensor, max_rows: int, max_cols: int) -> torch.Tensor:
     """Shrink a block-class grid to at most ``max_rows x max_cols`` cells, each keeping the
     strongest class (full > partial > empty) of the blocks it covers."""
     rows, cols = grid.shape
-    row_step, col_step = -(-rows // max(max_rows, 1)), -(-cols // max(max_cols, 1))
+    row_step, col_step = grid_steps(rows, cols, max_rows, max_cols)
     if row_step == 1 and col_step == 1:
         return grid
     padded = torch.zeros(-(-rows // row_step) * row_step, -(-cols // col_step) * col_step, dtype=grid.dtype)

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from .blockmask import BlockMask, _check_sizes, ascii_grid, compile_mask, reduce_grid
+from .blockmask import BlockMask, _check_sizes, ascii_grid, compile_mask, grid_steps, reduce_grid
 from .parsing import parse
 from .pattern import EMPTY, FULL, PARTIAL, Complement, Difference, Pattern, TileGeometry
 
@@ -47,41 +47,8 @@ Window = tuple[tuple[int, int], tuple[int, int]]
 
 
 def block_classes(mask: BlockMask, max_rows: int | None = None, max_cols: int | None = None) -> np.ndarray:
-    """int8 grid of block classes (0 empty, 1 partial, 2 full), reduced to at most ``max_rows x
-    max_cols`` cells when given, each cell keeping the strongest class of the blocks it covers.
-
-    Read from the CSR lists one group of rows at a time, so the work grows with the number of
-    non-empty blocks and no ``n_q_blocks x n_kv_blocks`` grid is built when a reduction is asked.
-    Cell ``(r, c)`` covers query blocks ``[r*row_step, (r+1)*row_step)`` and key blocks likewise,
-    with the steps of :func:`grid_steps` (those of ``blockmask.reduce_grid``).
-    """
-    row_step, col_step = grid_steps(mask.n_q_blocks, mask.n_kv_blocks, max_rows, max_cols)
-    n_rows, n_cols = -(-mask.n_q_blocks // row_step), -(-mask.n_kv_blocks // col_step)
-    if mask.is_dense:
-        # Every block is live; only the cells covering a sequence end hold partial blocks.
-        full_rows, full_cols = mask.q_len // mask.block_m, mask.kv_len // mask.block_n
-        grid = np.full((n_rows, n_cols), PARTIAL, dtype=np.int8)
-        grid[: -(-full_rows // row_step) if full_rows else 0, : -(-full_cols // col_step) if full_cols else 0] = FULL
-        return grid
-    grid = np.zeros((n_rows, n_cols), dtype=np.int8)
-    # Partial first, then full: a cell holding both ends up full, the stronger class.
-    for offsets, indices, value in (
-        (mask.partial_kv_offsets, mask.partial_kv_indices, PARTIAL),
-        (mask.full_kv_offsets, mask.full_kv_indices, FULL),
-    ):
-        offsets = offsets.cpu().numpy().astype(np.int64)
-        cells = indices.cpu().numpy() // col_step
-        for row in range(n_rows):
-            start, stop = offsets[row * row_step], offsets[min((row + 1) * row_step, mask.n_q_blocks)]
-            grid[row, cells[start:stop]] = value
-    return grid
-
-
-def grid_steps(n_rows: int, n_cols: int, max_rows: int | None, max_cols: int | None) -> tuple[int, int]:
-    """Blocks per cell along each axis when a grid is reduced to at most ``max_rows x max_cols``."""
-    row_step = -(-n_rows // max(max_rows, 1)) if max_rows else 1
-    col_step = -(-n_cols // max(max_cols, 1)) if max_cols else 1
-    return row_step, col_step
+    """int8 numpy grid of block classes, reduced as :meth:`BlockMask.to_dense` does."""
+    return mask.to_dense(max_rows, max_cols).numpy()
 
 
 def token_window(pattern: str | Pattern, q_len: int, kv_len: int | None, window: Window) -> np.ndarray:
@@ -496,7 +463,7 @@ def stats(
         "flops_exact": 4 * mask.allowed_pairs * head_dim,
         "speedup_bound": (1 / block_density) if block_density > 0 else None,
         "mask_bytes": mask.nbytes,
-        "distinct_tiles": 0 if mask.is_dense else int(mask.tiles.shape[0]),  # dense reads no tiles
+        "distinct_tiles": mask.n_tiles,
         "build_seconds": build_seconds,
     }
 

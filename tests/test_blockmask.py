@@ -260,3 +260,13 @@ def test_random_trees_compile_exactly(text, q_len, kv_len, block_m, block_n):
     assert torch.equal(mask.to_dense(), reference_block_classes(exact, block_m, block_n))
     assert torch.equal(mask.to_dense_mask(), exact)
     assert mask.allowed_pairs == int(exact.sum())
+
+
+@pytest.mark.parametrize("text", ["dense", "local(30) + global(4)", "butterfly(16)", "causal - local(10)"])
+@pytest.mark.parametrize("cells", [(3, 5), (7, 7), (100, 100)])
+def test_reduced_grid_keeps_the_strongest_class_of_each_cell(text, cells):
+    """Read from the lists (or, for dense, from the sizes): equal to reducing the oracle's full grid."""
+    q_len, kv_len = 300, 250
+    mask = compile_mask(text, q_len, kv_len, block_m=16, block_n=16)
+    oracle = reference_block_classes(parse(text).dense_mask(q_len, kv_len), 16, 16)
+    assert torch.equal(mask.to_dense(*cells), reduce_grid(oracle, *cells))
