@@ -43,11 +43,11 @@ from .common import (
     load_tile_mask,
     new_output,
     on_device_of,
-    program_tile,
     row_list_arguments,
     schedule_constants,
     store_rows,
 )
+from .split import item_arguments, item_block_ranges, merge_sum, new_scratch, plan_for, program_item, scratch_rows
 
 _NO_MASK = tl.constexpr(0)  # full block (or a whole dense tile)
 _TILE_MASK = tl.constexpr(1)  # partial block: the uint8 tile (0 also on padding)
@@ -134,17 +134,17 @@ def _dkdv_step(
 
 @triton.jit
 def _attention_backward_dkdv_kernel(
-    Q, K, V, DOut, Lse, Delta, DK, DV,
+    Q, K, V, DOut, Lse, Delta, DK, DV, DKPart, DVPart,
     full_q_offsets, full_q_indices, full_q_run_offsets, full_q_run_starts, full_q_run_ends,
     partial_q_offsets, partial_q_indices, partial_q_tiles, tiles,
-    kv_block_order,
+    item_lines, item_begins, item_ends, item_slots,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_dob, stride_doh, stride_dom, stride_dod,
     stride_dkb, stride_dkh, stride_dkn, stride_dkd,
     stride_dvb, stride_dvh, stride_dvn, stride_dvd,
-    n_kv_heads, q_len, kv_len, qk_scale, scale,
+    n_kv_heads, n_batch_heads, q_len, kv_len, qk_scale, scale,
     GROUP_SIZE: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     HEAD_DIM_PADDED: tl.constexpr,
@@ -157,8 +157,11 @@ def _attention_backward_dkdv_kernel(
     HEAVY_FIRST: tl.constexpr,
     HEADS_FASTEST: tl.constexpr,
     FULL_RUNS: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):  # fmt: skip
-    start_n, batch_head = program_tile(kv_block_order, BLOCK_N, MASK_BLOCK_N, HEAVY_FIRST, HEADS_FASTEST)
+    start_n, batch_head, item_begin, item_end, slot = program_item(
+        item_lines, item_begins, item_ends, item_slots, BLOCK_N, MASK_BLOCK_N, HEAVY_FIRST, HEADS_FASTEST, SPLIT
+    )
     batch = batch_head // n_kv_heads
     kv_head = batch_head % n_kv_heads
 
@@ -176,6 +179,11 @@ def _attention_backward_dkdv_kernel(
     mask_col = start_n // MASK_BLOCK_N
     col_in_tile = start_n % MASK_BLOCK_N
     M_STEPS = MASK_BLOCK_M // BLOCK_M  # loop steps per mask block
+    if not IS_DENSE:
+        # This program's share of the column: all of it, or with SPLIT an item of a long one (split.py).
+        full_begin, full_end, partial_begin, partial_end = item_block_ranges(
+            full_q_offsets, partial_q_offsets, mask_col, item_begin, item_end
+        )
 
     for member in range(0, GROUP_SIZE):
         q_head = kv_head * GROUP_SIZE + member
@@ -215,8 +223,6 @@ def _attention_backward_dkdv_kernel(
                             _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION,
                         )  # fmt: skip
             else:
-                full_begin = tl.load(full_q_offsets + mask_col)
-                full_end = tl.load(full_q_offsets + mask_col + 1)
                 for step in range(full_begin * M_STEPS, full_end * M_STEPS):
                     q_block = tl.load(full_q_indices + step // M_STEPS)
                     start_m = q_block * MASK_BLOCK_M + (step % M_STEPS) * BLOCK_M
@@ -225,8 +231,6 @@ def _attention_backward_dkdv_kernel(
                         stride_qm, stride_qd, stride_dom, stride_dod, q_len, qk_scale, 0,
                         _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION,
                     )  # fmt: skip
-            partial_begin = tl.load(partial_q_offsets + mask_col)
-            partial_end = tl.load(partial_q_offsets + mask_col + 1)
             for step in range(partial_begin * M_STEPS, partial_end * M_STEPS):
                 q_block = tl.load(partial_q_indices + step // M_STEPS)
                 tile_id = tl.load(partial_q_tiles + step // M_STEPS)
@@ -242,10 +246,20 @@ def _attention_backward_dkdv_kernel(
                 )  # fmt: skip
 
     dk = dk * scale
-    dk_base = DK + tl.cast(batch, tl.int64) * stride_dkb + tl.cast(kv_head, tl.int64) * stride_dkh
-    dv_base = DV + tl.cast(batch, tl.int64) * stride_dvb + tl.cast(kv_head, tl.int64) * stride_dvh
-    store_rows(dk_base, start_n, offs_n, offs_d, stride_dkn, stride_dkd, kv_len, dk.to(DK.dtype.element_ty), HEAD_DIM)
-    store_rows(dv_base, start_n, offs_n, offs_d, stride_dvn, stride_dvd, kv_len, dv.to(DV.dtype.element_ty), HEAD_DIM)
+    # An item of a split column writes float32 partial sums to its slot, summed later.
+    to_slot = False
+    if SPLIT:
+        to_slot = slot >= 0
+    if to_slot:
+        col_in_block = start_n % MASK_BLOCK_N
+        tile_offsets = offs_n[:, None] * HEAD_DIM_PADDED + offs_d[None, :]
+        tl.store(scratch_rows(DKPart, slot, batch_head, n_batch_heads, col_in_block, MASK_BLOCK_N, HEAD_DIM_PADDED) + tile_offsets, dk)
+        tl.store(scratch_rows(DVPart, slot, batch_head, n_batch_heads, col_in_block, MASK_BLOCK_N, HEAD_DIM_PADDED) + tile_offsets, dv)
+    else:
+        dk_base = DK + tl.cast(batch, tl.int64) * stride_dkb + tl.cast(kv_head, tl.int64) * stride_dkh
+        dv_base = DV + tl.cast(batch, tl.int64) * stride_dvb + tl.cast(kv_head, tl.int64) * stride_dvh
+        store_rows(dk_base, start_n, offs_n, offs_d, stride_dkn, stride_dkd, kv_len, dk.to(DK.dtype.element_ty), HEAD_DIM)
+        store_rows(dv_base, start_n, offs_n, offs_d, stride_dvn, stride_dvd, kv_len, dv.to(DV.dtype.element_ty), HEAD_DIM)
 
 
 @triton.jit
@@ -290,16 +304,16 @@ def _dq_step(
 
 @triton.jit
 def _attention_backward_dq_kernel(
-    Q, K, V, DOut, Lse, Delta, DQ,
+    Q, K, V, DOut, Lse, Delta, DQ, DQPart,
     full_kv_offsets, full_kv_indices, full_kv_run_offsets, full_kv_run_starts, full_kv_run_ends,
     partial_kv_offsets, partial_kv_indices, partial_kv_tiles, tiles,
-    q_block_order,
+    item_lines, item_begins, item_ends, item_slots,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_dob, stride_doh, stride_dom, stride_dod,
     stride_dqb, stride_dqh, stride_dqm, stride_dqd,
-    n_q_heads, q_len, kv_len, qk_scale, scale,
+    n_q_heads, n_batch_heads, q_len, kv_len, qk_scale, scale,
     GROUP_SIZE: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     HEAD_DIM_PADDED: tl.constexpr,
@@ -312,8 +326,11 @@ def _attention_backward_dq_kernel(
     HEAVY_FIRST: tl.constexpr,
     HEADS_FASTEST: tl.constexpr,
     FULL_RUNS: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):  # fmt: skip
-    start_m, batch_head = program_tile(q_block_order, BLOCK_M, MASK_BLOCK_M, HEAVY_FIRST, HEADS_FASTEST)
+    start_m, batch_head, item_begin, item_end, slot = program_item(
+        item_lines, item_begins, item_ends, item_slots, BLOCK_M, MASK_BLOCK_M, HEAVY_FIRST, HEADS_FASTEST, SPLIT
+    )
     batch = batch_head // n_q_heads
     q_head = batch_head % n_q_heads
     kv_head = q_head // GROUP_SIZE
@@ -354,6 +371,10 @@ def _attention_backward_dq_kernel(
         mask_row = start_m // MASK_BLOCK_M
         row_in_tile = start_m % MASK_BLOCK_M
         N_STEPS = MASK_BLOCK_N // BLOCK_N  # loop steps per mask block
+        # This program's share of the row: all of it, or with SPLIT an item of a long row (split.py).
+        full_begin, full_end, partial_begin, partial_end = item_block_ranges(
+            full_kv_offsets, partial_kv_offsets, mask_row, item_begin, item_end
+        )
         if FULL_RUNS:
             run_begin = tl.load(full_kv_run_offsets + mask_row)
             run_end = tl.load(full_kv_run_offsets + mask_row + 1)
@@ -367,8 +388,6 @@ def _attention_backward_dq_kernel(
                         _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION,
                     )  # fmt: skip
         else:
-            full_begin = tl.load(full_kv_offsets + mask_row)
-            full_end = tl.load(full_kv_offsets + mask_row + 1)
             for step in range(full_begin * N_STEPS, full_end * N_STEPS):
                 kv_block = tl.load(full_kv_indices + step // N_STEPS)
                 start_n = kv_block * MASK_BLOCK_N + (step % N_STEPS) * BLOCK_N
@@ -377,8 +396,6 @@ def _attention_backward_dq_kernel(
                     stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
                     _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION,
                 )  # fmt: skip
-        partial_begin = tl.load(partial_kv_offsets + mask_row)
-        partial_end = tl.load(partial_kv_offsets + mask_row + 1)
         for step in range(partial_begin * N_STEPS, partial_end * N_STEPS):
             kv_block = tl.load(partial_kv_indices + step // N_STEPS)
             tile_id = tl.load(partial_kv_tiles + step // N_STEPS)
@@ -393,8 +410,17 @@ def _attention_backward_dq_kernel(
             )  # fmt: skip
 
     dq = dq * scale
-    dq_base = DQ + tl.cast(batch, tl.int64) * stride_dqb + tl.cast(q_head, tl.int64) * stride_dqh
-    store_rows(dq_base, start_m, offs_m, offs_d, stride_dqm, stride_dqd, q_len, dq.to(DQ.dtype.element_ty), HEAD_DIM)
+    to_slot = False
+    if SPLIT:
+        to_slot = slot >= 0
+    if to_slot:
+        # An item of a split row writes its float32 partial sum to its slot, summed later.
+        row_in_block = start_m % MASK_BLOCK_M
+        part_base = scratch_rows(DQPart, slot, batch_head, n_batch_heads, row_in_block, MASK_BLOCK_M, HEAD_DIM_PADDED)
+        tl.store(part_base + offs_m[:, None] * HEAD_DIM_PADDED + offs_d[None, :], dq)
+    else:
+        dq_base = DQ + tl.cast(batch, tl.int64) * stride_dqb + tl.cast(q_head, tl.int64) * stride_dqh
+        store_rows(dq_base, start_m, offs_m, offs_d, stride_dqm, stride_dqd, q_len, dq.to(DQ.dtype.element_ty), HEAD_DIM)
 
 
 def attention_backward(
@@ -441,6 +467,7 @@ def attention_backward(
     dq = new_output(q.shape, q.dtype, q.device)
     dk = new_output(k.shape, k.dtype, k.device)
     dv = new_output(v.shape, v.dtype, v.device)
+    full_runs = walk_full_blocks_as_runs(config, mask)
     common = dict(
         GROUP_SIZE=group_size,
         HEAD_DIM=head_dim,
@@ -449,7 +476,6 @@ def attention_backward(
         MASK_BLOCK_N=mask.block_n,
         IS_DENSE=mask.is_dense,
         DOT_PRECISION=precision,
-        FULL_RUNS=walk_full_blocks_as_runs(config, mask),
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
@@ -464,26 +490,50 @@ def attention_backward(
             BLOCK_M=preprocess_block_m,
         )  # fmt: skip
 
-        dkdv_grid = launch_grid(kv_len, config.block_n1, mask.block_n, batch * n_kv_heads, column_schedule, mask.is_dense)
+        column_plan = plan_for(config, mask, column_schedule, batch * n_kv_heads, q.device, by_rows=False)
+        n_columns = column_plan.n_items if column_plan is not None else mask.n_kv_blocks
+        dkdv_grid = launch_grid(
+            kv_len, config.block_n1, mask.block_n, n_columns, batch * n_kv_heads, column_schedule, mask.is_dense
+        )
+        if column_plan is not None:
+            dk_part = new_scratch(column_plan, batch * n_kv_heads, mask.block_n, padded, q.device)
+            dv_part = new_scratch(column_plan, batch * n_kv_heads, mask.block_n, padded, q.device)
+        else:
+            dk_part = dv_part = dk  # unused
+        column_lists = column_list_arguments(mask, q.device)
         _attention_backward_dkdv_kernel[dkdv_grid](
-            q, k, v, dout, lse, delta, dk, dv,
-            *column_list_arguments(mask, q.device),
+            q, k, v, dout, lse, delta, dk, dv, dk_part, dv_part,
+            *column_lists[:-1], *item_arguments(column_plan, column_lists[-1]),
             *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(),
-            n_kv_heads, q_len, kv_len, scale * LOG2E, scale,
+            n_kv_heads, batch * n_kv_heads, q_len, kv_len, scale * LOG2E, scale,
             BLOCK_M=config.block_m1,
             BLOCK_N=config.block_n1,
             **schedule_constants(column_schedule, mask.is_dense),
+            FULL_RUNS=column_plan is None and full_runs,
+            SPLIT=column_plan is not None,
             **common,
         )  # fmt: skip
-        dq_grid = launch_grid(q_len, config.block_m2, mask.block_m, batch * n_q_heads, row_schedule, mask.is_dense)
+        if column_plan is not None:
+            merge_sum(column_plan, dk_part, dk, mask.block_n)
+            merge_sum(column_plan, dv_part, dv, mask.block_n)
+
+        row_plan = plan_for(config, mask, row_schedule, batch * n_q_heads, q.device, by_rows=True)
+        n_rows = row_plan.n_items if row_plan is not None else mask.n_q_blocks
+        dq_grid = launch_grid(q_len, config.block_m2, mask.block_m, n_rows, batch * n_q_heads, row_schedule, mask.is_dense)
+        dq_part = new_scratch(row_plan, batch * n_q_heads, mask.block_m, padded, q.device) if row_plan is not None else dq
+        row_lists = row_list_arguments(mask, q.device)
         _attention_backward_dq_kernel[dq_grid](
-            q, k, v, dout, lse, delta, dq,
-            *row_list_arguments(mask, q.device),
+            q, k, v, dout, lse, delta, dq, dq_part,
+            *row_lists[:-1], *item_arguments(row_plan, row_lists[-1]),
             *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(),
-            n_q_heads, q_len, kv_len, scale * LOG2E, scale,
+            n_q_heads, batch * n_q_heads, q_len, kv_len, scale * LOG2E, scale,
             BLOCK_M=config.block_m2,
             BLOCK_N=config.block_n2,
             **schedule_constants(row_schedule, mask.is_dense),
+            FULL_RUNS=row_plan is None and full_runs,
+            SPLIT=row_plan is not None,
             **common,
         )  # fmt: skip
+        if row_plan is not None:
+            merge_sum(row_plan, dq_part, dq, mask.block_m)
     return dq, dk, dv

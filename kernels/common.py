@@ -74,16 +74,19 @@ def _placeholders(device) -> tuple:
     return (index,) * 8 + (torch.zeros(1, dtype=torch.uint8, device=device), index)
 
 
-def launch_grid(length: int, block: int, mask_block: int, n_batch_heads: int, schedule: Schedule, is_dense: bool) -> tuple:
+def launch_grid(
+    length: int, block: int, mask_block: int, n_items: int, n_batch_heads: int, schedule: Schedule, is_dense: bool
+) -> tuple:
     """The grid over kernel tiles of ``block`` rows (of ``length``) and batch*heads, in the order
-    :func:`program_tile` reads it.
+    ``split.program_item`` reads it.
 
-    Heavy-first programs count whole mask blocks of ``mask_block // block`` tiles each: the mask
-    block holding the sequence end may be started early, and then the rank of its last tile (past
-    the end, a program that stores nothing) must not crowd out a real tile at the end of the grid.
+    Heavy-first programs count ``n_items`` work items (mask lines, or pieces of split lines) of
+    ``mask_block // block`` tiles each: the mask block holding the sequence end may be started
+    early, and then the rank of its last tile (past the end, a program that stores nothing) must
+    not crowd out a real tile at the end of the grid.
     """
     if schedule.heavy_first and not is_dense:
-        n_tiles = triton.cdiv(length, mask_block) * (mask_block // block)
+        n_tiles = n_items * (mask_block // block)
     else:
         n_tiles = triton.cdiv(length, block)
     if schedule.heads_fastest and not is_dense:
@@ -126,6 +129,7 @@ class ForwardConfig:
     num_stages: int
     schedule: Schedule | None = None  # None: auto_schedule(mask); only sparse masks use one
     full_runs: bool | None = None  # walk full blocks as runs; None: walk_full_blocks_as_runs decides
+    split_blocks: int | None = None  # split lines longer than this (split.py); None: auto, 0: never
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,7 @@ class BackwardConfig:
     num_stages: int
     schedule: Schedule | None = None  # None: auto_schedule(mask); only sparse masks use one
     full_runs: bool | None = None  # walk full blocks as runs; None: walk_full_blocks_as_runs decides
+    split_blocks: int | None = None  # split lines longer than this (split.py); None: auto, 0: never
 
 
 # Measured on an H200 (bf16, benchmarks/tune_kernels.py, 2026-11-21; results in
@@ -343,31 +348,3 @@ def load_tile_mask(
     tile_base = tiles + tl.cast(tile_id, tl.int64) * (MASK_BLOCK_M * MASK_BLOCK_N)
     ptrs = tile_base + (first_row_in_tile + offs_rows) * MASK_BLOCK_N + (first_col_in_tile + offs_cols)
     return tl.load(ptrs) != 0
-
-
-@triton.jit
-def program_tile(
-    block_order,
-    BLOCK: tl.constexpr,
-    MASK_BLOCK: tl.constexpr,
-    HEAVY_FIRST: tl.constexpr,
-    HEADS_FASTEST: tl.constexpr,
-):
-    """This program's (first row of its kernel tile, batch*head), from the launch order.
-
-    With HEAVY_FIRST the program's rank picks a mask block from ``block_order`` (longest first)
-    and a kernel tile inside it; otherwise rank r is simply tile r. See ``Schedule``.
-    """
-    if HEADS_FASTEST:
-        rank = tl.program_id(1)
-        batch_head = tl.program_id(0)
-    else:
-        rank = tl.program_id(0)
-        batch_head = tl.program_id(1)
-    if HEAVY_FIRST:
-        tiles_per_block: tl.constexpr = MASK_BLOCK // BLOCK
-        mask_block = tl.load(block_order + rank // tiles_per_block)
-        first = mask_block * MASK_BLOCK + (rank % tiles_per_block) * BLOCK
-    else:
-        first = rank * BLOCK
-    return first, batch_head

@@ -47,11 +47,11 @@ from .common import (
     load_tile_mask,
     new_output,
     on_device_of,
-    program_tile,
     row_list_arguments,
     schedule_constants,
     store_rows,
 )
+from .split import item_arguments, item_block_ranges, merge_softmax, new_scratch, plan_for, program_item, scratch_rows
 
 # How a step masks its scores.
 _NO_MASK = tl.constexpr(0)  # full block (or a whole dense tile): nothing to mask
@@ -86,18 +86,21 @@ def _online_softmax_step(
     check_rows = MASK_MODE != _NO_MASK
     k = load_rows(k_base, start_n, offs_n, offs_d, stride_kn, stride_kd, kv_len, check_rows, HEAD_DIM, HEAD_DIM_PADDED)  # [BLOCK_N, D]
     v = load_rows(v_base, start_n, offs_n, offs_d, stride_vn, stride_vd, kv_len, check_rows, HEAD_DIM, HEAD_DIM_PADDED)  # [BLOCK_N, D]
-    scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N], base 2
+    qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_N], unscaled
     if MASK_MODE == _TILE_MASK:
-        scores = tl.where(allowed, scores, float("-inf"))
+        qk = tl.where(allowed, qk, float("-inf"))
     if MASK_MODE == _BOUNDS_MASK:
-        scores = tl.where((start_n + offs_n)[None, :] < kv_len, scores, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(scores, 1))  # [BLOCK_M]
+        qk = tl.where((start_n + offs_n)[None, :] < kv_len, qk, float("-inf"))
+    # The scale is applied to the row max, not to every score, so that each probability is one
+    # fused multiply-add and an exp2 (4-5% faster at D=128, benchmarks/experiments/hopper_forward.py).
+    # Needs qk_scale > 0 (host-checked): max(s * c) = max(s) * c and -inf * c = -inf.
+    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)  # [BLOCK_M], base 2
     if MASK_MODE == _NO_MASK:
         m_shift = m_new
     else:
         # See [Note] in the module docstring: a row with no key so far must not produce NaN.
         m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.math.exp2(scores - m_shift[:, None])  # [BLOCK_M, BLOCK_N]
+    p = tl.math.exp2(qk * qk_scale - m_shift[:, None])  # [BLOCK_M, BLOCK_N]
     alpha = tl.math.exp2(m_i - m_shift)  # [BLOCK_M]: rescales what was summed under the old max
     l_i = l_i * alpha + tl.sum(p, 1)
     # The product accumulates into acc in place (one matrix instruction chain, no separate add).
@@ -107,15 +110,15 @@ def _online_softmax_step(
 
 @triton.jit
 def _attention_forward_kernel(
-    Q, K, V, Out, Lse,
+    Q, K, V, Out, Lse, OutPart, LsePart,
     full_kv_offsets, full_kv_indices, full_kv_run_offsets, full_kv_run_starts, full_kv_run_ends,
     partial_kv_offsets, partial_kv_indices, partial_kv_tiles, tiles,
-    q_block_order,
+    item_lines, item_begins, item_ends, item_slots,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_om, stride_od,
-    n_q_heads, q_len, kv_len, qk_scale,
+    n_q_heads, n_batch_heads, q_len, kv_len, qk_scale,
     GROUP_SIZE: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     HEAD_DIM_PADDED: tl.constexpr,
@@ -128,8 +131,11 @@ def _attention_forward_kernel(
     HEAVY_FIRST: tl.constexpr,
     HEADS_FASTEST: tl.constexpr,
     FULL_RUNS: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):  # fmt: skip
-    start_m, batch_head = program_tile(q_block_order, BLOCK_M, MASK_BLOCK_M, HEAVY_FIRST, HEADS_FASTEST)
+    start_m, batch_head, item_begin, item_end, slot = program_item(
+        item_lines, item_begins, item_ends, item_slots, BLOCK_M, MASK_BLOCK_M, HEAVY_FIRST, HEADS_FASTEST, SPLIT
+    )
     batch = batch_head // n_q_heads
     q_head = batch_head % n_q_heads
     kv_head = q_head // GROUP_SIZE  # GQA/MQA: query heads share a kv head, k and v are not copied
@@ -169,14 +175,28 @@ def _attention_forward_kernel(
         row_in_tile = start_m % MASK_BLOCK_M
         # One loop step per kernel tile: a mask block is N_STEPS consecutive steps.
         N_STEPS = MASK_BLOCK_N // BLOCK_N
+        # This program's share of the row: all of it, or with SPLIT an item of a long row (split.py).
+        full_begin, full_end, partial_begin, partial_end = item_block_ranges(
+            full_kv_offsets, partial_kv_offsets, mask_row, item_begin, item_end
+        )
 
         if FULL_RUNS:
             # Long runs of consecutive full blocks: inside a run the key offset is affine in the
             # loop counter, as in dense attention, so the compiler can prefetch K and V stages
-            # ahead (a block list with every block listed ran 27% slower than dense).
+            # ahead (a block list with every block listed ran 27% slower than dense). The first run
+            # gets a loop of its own, outside the loop over runs, like dense attention's loop.
             run_begin = tl.load(full_kv_run_offsets + mask_row)
             run_end = tl.load(full_kv_run_offsets + mask_row + 1)
-            for run in range(run_begin, run_end):
+            has_run = run_begin < run_end
+            first_key = tl.load(full_kv_run_starts + run_begin, mask=has_run, other=0) * MASK_BLOCK_N
+            last_key = tl.load(full_kv_run_ends + run_begin, mask=has_run, other=0) * MASK_BLOCK_N
+            for start_n in range(first_key, last_key, BLOCK_N):
+                acc, m_i, l_i = _online_softmax_step(
+                    acc, m_i, l_i, q, k_base, v_base, start_n, offs_n, offs_d,
+                    stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
+                    _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION,
+                )  # fmt: skip
+            for run in range(run_begin + 1, run_end):
                 first_key = tl.load(full_kv_run_starts + run) * MASK_BLOCK_N
                 last_key = tl.load(full_kv_run_ends + run) * MASK_BLOCK_N
                 for start_n in range(first_key, last_key, BLOCK_N):
@@ -187,8 +207,6 @@ def _attention_forward_kernel(
                     )  # fmt: skip
         else:
             # Short rows: one flat loop over the listed blocks pipelines better than nested runs.
-            full_begin = tl.load(full_kv_offsets + mask_row)
-            full_end = tl.load(full_kv_offsets + mask_row + 1)
             for step in range(full_begin * N_STEPS, full_end * N_STEPS):
                 kv_block = tl.load(full_kv_indices + step // N_STEPS)
                 start_n = kv_block * MASK_BLOCK_N + (step % N_STEPS) * BLOCK_N
@@ -198,8 +216,6 @@ def _attention_forward_kernel(
                     _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION,
                 )  # fmt: skip
 
-        partial_begin = tl.load(partial_kv_offsets + mask_row)
-        partial_end = tl.load(partial_kv_offsets + mask_row + 1)
         for step in range(partial_begin * N_STEPS, partial_end * N_STEPS):
             kv_block = tl.load(partial_kv_indices + step // N_STEPS)
             tile_id = tl.load(partial_kv_tiles + step // N_STEPS)
@@ -218,8 +234,18 @@ def _attention_forward_kernel(
     l_safe = tl.where(has_key, l_i, 1.0)
     out = acc / l_safe[:, None]
     lse = tl.where(has_key, (m_i + tl.math.log2(l_safe)) * LN2_JIT, float("-inf"))
-    store_rows(o_base, start_m, offs_m, offs_d, stride_om, stride_od, q_len, out.to(Out.dtype.element_ty), HEAD_DIM)
-    tl.store(lse_base + start_m + offs_m, lse, mask=(start_m + offs_m) < q_len)
+    # An item of a split row writes its float32 partial result to its slot, merged later.
+    to_slot = False
+    if SPLIT:
+        to_slot = slot >= 0
+    if to_slot:
+        row_in_block = start_m % MASK_BLOCK_M
+        part_base = scratch_rows(OutPart, slot, batch_head, n_batch_heads, row_in_block, MASK_BLOCK_M, HEAD_DIM_PADDED)
+        tl.store(part_base + offs_m[:, None] * HEAD_DIM_PADDED + offs_d[None, :], out)
+        tl.store(scratch_rows(LsePart, slot, batch_head, n_batch_heads, row_in_block, MASK_BLOCK_M, 1) + offs_m, lse)
+    else:
+        store_rows(o_base, start_m, offs_m, offs_d, stride_om, stride_od, q_len, out.to(Out.dtype.element_ty), HEAD_DIM)
+        tl.store(lse_base + start_m + offs_m, lse, mask=(start_m + offs_m) < q_len)
 
 
 def attention_forward(
@@ -245,6 +271,10 @@ def attention_forward(
     padded = head_dim_padded(head_dim)
     if config is None:
         config = default_forward_config(padded, q.dtype, mask)
+    if scale <= 0:
+        # The kernel scales row maxima, which needs scale > 0; scale * q.k is the same as
+        # |scale| * (-q).k, and as 1 * 0.k for scale 0 (a rare case: it costs a copy of q).
+        q, scale = (-q, -scale) if scale < 0 else (torch.zeros_like(q), 1.0)
     check_tile("block_m", config.block_m, mask.block_m, mask.is_dense)
     check_tile("block_n", config.block_n, mask.block_n, mask.is_dense)
     if out is None:
@@ -252,13 +282,21 @@ def attention_forward(
     if lse is None:
         lse = new_output((batch, n_q_heads, q_len), torch.float32, q.device)
     schedule = config.schedule or auto_schedule(mask, by_rows=True)
-    grid = launch_grid(q_len, config.block_m, mask.block_m, batch * n_q_heads, schedule, mask.is_dense)
+    plan = plan_for(config, mask, schedule, batch * n_q_heads, q.device, by_rows=True)
+    n_lines = plan.n_items if plan is not None else mask.n_q_blocks
+    grid = launch_grid(q_len, config.block_m, mask.block_m, n_lines, batch * n_q_heads, schedule, mask.is_dense)
+    if plan is not None:
+        out_part = new_scratch(plan, batch * n_q_heads, mask.block_m, padded, q.device)
+        lse_part = new_scratch(plan, batch * n_q_heads, mask.block_m, 1, q.device)
+    else:
+        out_part = lse_part = out  # unused
+    row_lists = row_list_arguments(mask, q.device)
     with on_device_of(q):
         _attention_forward_kernel[grid](
-            q, k, v, out, lse,
-            *row_list_arguments(mask, q.device),
+            q, k, v, out, lse, out_part, lse_part,
+            *row_lists[:-1], *item_arguments(plan, row_lists[-1]),
             *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-            n_q_heads, q_len, kv_len, scale * LOG2E,
+            n_q_heads, batch * n_q_heads, q_len, kv_len, scale * LOG2E,
             GROUP_SIZE=n_q_heads // n_kv_heads,
             HEAD_DIM=head_dim,
             HEAD_DIM_PADDED=padded,
@@ -268,9 +306,12 @@ def attention_forward(
             MASK_BLOCK_N=mask.block_n,
             IS_DENSE=mask.is_dense,
             **schedule_constants(schedule, mask.is_dense),
-            FULL_RUNS=walk_full_blocks_as_runs(config, mask),
+            FULL_RUNS=plan is None and walk_full_blocks_as_runs(config, mask),
+            SPLIT=plan is not None,
             DOT_PRECISION=dot_precision(q.dtype, allow_tf32),
             num_warps=config.num_warps,
             num_stages=config.num_stages,
         )  # fmt: skip
+        if plan is not None:
+            merge_softmax(plan, out_part, lse_part, out, lse, mask.block_m)
     return out, lse

@@ -22,7 +22,8 @@ from attention_oracle import check_close, forward_and_grads, reference_attention
 import sparseflash
 from sparseflash import attention
 
-kernels_common = pytest.importorskip("sparseflash.kernels.common")
+pytest.importorskip("triton")  # the kernels need it; without it only the torch path is tested
+import sparseflash.kernels.common as kernels_common  # noqa: E402
 NAMES = ("out", "lse", "dq", "dk", "dv")
 
 
@@ -171,6 +172,16 @@ def test_default_blocks_and_scale():
     allowed = sparseflash.parse("local(30)+global(4)").dense_mask(150, 150)
     run = lambda *t: attention(*t, "local(30)+global(4)", scale=0.3, return_lse=True)  # noqa: E731
     check_against_oracle(run, q, k, v, dout, dlse, allowed, scale=0.3)
+
+
+@pytest.mark.parametrize("scale", [-0.4, 0.0])
+def test_negative_and_zero_scales(scale):
+    """The forward kernel scales row maxima (needs scale > 0); other scales take another route to
+    the same result. Lq > Lk under causal adds rows with no key."""
+    q, k, v, dout, dlse = make_inputs(1, 2, 1, 90, 70, 32, torch.float16, seed=21)
+    allowed = sparseflash.parse("causal").dense_mask(90, 70)
+    run = lambda *t: attention(*t, "causal", scale=scale, block_m=32, block_n=32, return_lse=True)  # noqa: E731
+    check_against_oracle(run, q, k, v, dout, dlse, allowed, scale=scale)
 
 
 def test_fully_masked_rows_are_zero_with_zero_gradients():

@@ -27,7 +27,7 @@ NAMES = ("out", "lse", "dq", "dk", "dv")
 
 @pytest.fixture(autouse=True)
 def poison_outputs(monkeypatch):
-    common = pytest.importorskip("sparseflash.kernels.common")
+    import sparseflash.kernels.common as common
     monkeypatch.setattr(common, "POISON_OUTPUTS", True)
 
 
@@ -172,3 +172,17 @@ def test_deterministic_backward_on_gpu():
     second = forward_and_grads(run, q, k, v, dout, dlse)
     for name, a, b in zip(NAMES, first, second):
         assert torch.equal(a, b), f"{name} differs between two runs"
+
+
+def test_long_lines_are_split_on_gpu():
+    """The cases above with ``local(256)+global(4)`` at 8k and 4 heads run split rows and columns
+    (kernels/split.py): their global row and column are cut into items and merged."""
+    from sparseflash.kernels.common import Schedule, default_backward_config, default_forward_config
+    from sparseflash.kernels.split import plan_for
+
+    mask = sparseflash.compile_mask("local(256)+global(4)", 8192, device="cuda")
+    forward_plan = plan_for(default_forward_config(128, torch.bfloat16, mask), mask, Schedule(), 4, mask.device, by_rows=True)
+    backward_config = default_backward_config(128, torch.bfloat16, mask)
+    assert forward_plan is not None and forward_plan.n_split_lines >= 1
+    for by_rows in (True, False):
+        assert plan_for(backward_config, mask, Schedule(), 4, mask.device, by_rows) is not None

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 import sparseflash
 from pattern_strategies import pattern_trees
 
-kernels_common = pytest.importorskip("sparseflash.kernels.common")
+pytest.importorskip("triton")  # the kernels need it; without it only the torch path is tested
+import sparseflash.kernels.common as kernels_common  # noqa: E402
 pytestmark = pytest.mark.filterwarnings("ignore::sparseflash.SparsityWarning")
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

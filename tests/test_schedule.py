@@ -6,10 +6,12 @@ from attention_oracle import check_close, reference_attention
 
 import sparseflash
 
-kernels = pytest.importorskip("sparseflash.kernels.common")
+pytest.importorskip("triton")  # the kernels need it; without it only the torch path is tested
+import sparseflash.kernels.common as kernels  # noqa: E402
 from sparseflash.kernels.backward import attention_backward  # noqa: E402
 from sparseflash.kernels.common import BackwardConfig, ForwardConfig, Schedule, auto_schedule  # noqa: E402
 from sparseflash.kernels.forward import attention_forward  # noqa: E402
+from sparseflash.kernels.split import split_plan  # noqa: E402
 
 SCHEDULES = [Schedule(heavy, heads) for heavy in (False, True) for heads in (False, True)]
 
@@ -25,7 +27,7 @@ def test_every_schedule_matches_the_oracle(schedule, pattern, length, monkeypatc
     q, k, v, dout = (torch.randn(2, 3, length, 32, generator=gen) for _ in range(4))
     mask = sparseflash.compile_mask(pattern, length, length, block_m=32, block_n=32)
     allowed = sparseflash.parse(pattern).dense_mask(length, length)
-    check_kernels_against_oracle(q, k, v, dout, mask, allowed, schedule, full_runs=None)
+    check_kernels_against_oracle(q, k, v, dout, mask, allowed, schedule=schedule)
 
 
 # Both ways of walking full blocks: as runs of consecutive blocks, and one listed block at a time.
@@ -37,14 +39,62 @@ def test_full_block_walks_match_the_oracle(pattern, full_runs, monkeypatch):
     q, k, v, dout = (torch.randn(1, 2, 130, 32, generator=gen) for _ in range(4))
     mask = sparseflash.compile_mask(pattern, 130, 130, block_m=16, block_n=16)
     allowed = sparseflash.parse(pattern).dense_mask(130, 130)
-    check_kernels_against_oracle(q, k, v, dout, mask, allowed, Schedule(), full_runs=full_runs)
+    check_kernels_against_oracle(q, k, v, dout, mask, allowed, full_runs=full_runs)
 
 
-def check_kernels_against_oracle(q, k, v, dout, mask, allowed, schedule, full_runs):
+# Long rows and columns cut into items (kernels/split.py), merged after: the global rows and
+# columns here hold every block, rows with no key at all (causal with Lq > Lk) sit inside split
+# rows, GQA folds two query heads into each dK/dV item, and kernel tiles of 16 walk 32-blocks.
+@pytest.mark.parametrize("split_blocks", [1, 3])
+@pytest.mark.parametrize(
+    "pattern, q_len, kv_len, kv_heads",
+    [("local(20) + global(5)", 200, 200, 3), ("(local(30) | global(40)) & causal", 230, 150, 1), ("global(3)", 170, 97, 3)],
+)
+def test_split_lines_match_the_oracle(pattern, q_len, kv_len, kv_heads, split_blocks, monkeypatch):
+    monkeypatch.setattr(kernels, "POISON_OUTPUTS", True)
+    gen = torch.Generator().manual_seed(q_len + split_blocks)
+    q, dout = (torch.randn(1, 3, q_len, 32, generator=gen) for _ in range(2))
+    k, v = (torch.randn(1, kv_heads, kv_len, 32, generator=gen) for _ in range(2))
+    mask = sparseflash.compile_mask(pattern, q_len, kv_len, block_m=32, block_n=32)
+    assert split_plan(mask, True, split_blocks) is not None and split_plan(mask, False, split_blocks) is not None
+    allowed = sparseflash.parse(pattern).dense_mask(q_len, kv_len)
+    for schedule in (Schedule(True, True), Schedule(True, False)):
+        check_kernels_against_oracle(q, k, v, dout, mask, allowed, schedule=schedule, split_blocks=split_blocks)
+
+
+@pytest.mark.parametrize("split_blocks", [1, 2, 5, 8])
+def test_split_plan_covers_every_line_once(split_blocks):
+    mask = sparseflash.compile_mask("local(50) + global(7) + strided(90)", 700, 650, block_m=32, block_n=32)
+    for by_rows, offsets in ((True, (mask.full_kv_offsets, mask.partial_kv_offsets)), (False, (mask.full_q_offsets, mask.partial_q_offsets))):
+        full, partial = ((o[1:] - o[:-1]).tolist() for o in offsets)
+        lengths = [f + p for f, p in zip(full, partial)]
+        plan = split_plan(mask, by_rows, split_blocks)
+        lines, begins, ends, slots = (t.tolist() for t in (plan.lines, plan.begins, plan.ends, plan.slots))
+        sizes = [e - b for b, e in zip(begins, ends)]
+        assert sizes == sorted(sizes, reverse=True), "items start longest first"
+        assert max(sizes) <= split_blocks
+        covered = {line: [] for line in range(len(lengths))}
+        for line, begin, end, slot in zip(lines, begins, ends, slots):
+            covered[line].append((begin, end, slot))
+        merge_offsets, merge_lines = plan.merge_offsets.tolist(), plan.merge_lines.tolist()
+        assert merge_lines == [line for line, n in enumerate(lengths) if n > split_blocks]
+        for line, items in covered.items():
+            items.sort()
+            assert [b for b, _, _ in items] == [0] + [e for _, e, _ in items[:-1]] and items[-1][1] == lengths[line]
+            if line in merge_lines:
+                j = merge_lines.index(line)
+                assert sorted(s for _, _, s in items) == list(range(merge_offsets[j], merge_offsets[j + 1]))
+            else:
+                assert [s for _, _, s in items] == [-1]
+        assert plan.n_slots == merge_offsets[-1] == sum(1 for s in slots if s >= 0)
+
+
+def check_kernels_against_oracle(q, k, v, dout, mask, allowed, schedule=Schedule(), full_runs=None, split_blocks=0):
     scale = q.shape[-1] ** -0.5
-    out, lse = attention_forward(q, k, v, mask, scale, config=ForwardConfig(16, 16, 4, 1, schedule, full_runs))
+    forward_config = ForwardConfig(16, 16, 4, 1, schedule, full_runs, split_blocks)
+    out, lse = attention_forward(q, k, v, mask, scale, config=forward_config)
     dq, dk, dv = attention_backward(
-        dout, q, k, v, out, lse, mask, scale, config=BackwardConfig(16, 16, 16, 16, 4, 1, schedule, full_runs)
+        dout, q, k, v, out, lse, mask, scale, config=BackwardConfig(16, 16, 16, 16, 4, 1, schedule, full_runs, split_blocks)
     )
     leaves = [t.clone().double().requires_grad_(True) for t in (q, k, v)]
     ref_out, ref_lse = reference_attention(*leaves, allowed)

@@ -1,0 +1,361 @@
+"""Splitting long mask lines across programs, and merging their partial results.
+
+A sparse launch gives each program one *line* of the mask: a query block's row (forward, dQ) or a
+key block's column (dK/dV). When a few lines are far longer than the rest, as the first rows and
+columns under ``global(g)`` (every block of the sequence), those programs run long after the others
+have finished: at 32k tokens the global row of ``local(256)+global(4)`` is 256 blocks against ~5
+for the others, and bounded the whole forward. A *split plan* cuts every line longer than
+``split_blocks`` into work items of about equal length; each item walks a range of its line's
+non-empty blocks (full blocks first, then partial, the order the kernels walk a whole line in) and
+writes a partial result to a float32 scratch slot. A small merge kernel then combines the slots of
+each split line, in a fixed order (deterministic, no atomics):
+
+    forward   o = sum_s w_s o_s / sum_s w_s,  lse = m + log(sum_s w_s),  w_s = exp(lse_s - m),
+              m = max_s lse_s  (slots holding no allowed key have lse_s = -inf and weigh 0)
+    dQ, dK, dV   the sum of the slots' partial sums
+
+Items are started longest first, like whole lines (``Schedule.heavy_first``); lines no longer than
+``split_blocks`` stay single items writing their output directly.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+
+# Never cut a line into items shorter than this many mask blocks: each item costs a prologue, an
+# epilogue and a slot to merge.
+MIN_SPLIT_BLOCKS = 8
+# Items are sized so that the launch has about this many items' worth of work per multiprocessor:
+# the longest item then takes a fraction of a multiprocessor's share and overlaps the rest.
+ITEMS_PER_SM = 4
+
+# Rows of a mask block merged by one merge program (bounds its registers: 32 x 256 float32).
+_MERGE_ROWS = 32
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """Work items of a launch whose longest lines are split, on the mask's device.
+
+    ``lines``, ``begins``, ``ends``, ``slots``: int32 ``(n_items,)``, longest item first. Item ``i``
+    walks blocks ``begins[i]:ends[i]`` of line ``lines[i]`` (counted over the line's full blocks,
+    then its partial ones) and writes scratch slot ``slots[i]``, or its output directly when -1.
+    ``merge_offsets`` int32 ``(n_split_lines + 1,)`` and ``merge_lines`` int32 ``(n_split_lines,)``:
+    split line ``merge_lines[j]`` has slots ``merge_offsets[j]:merge_offsets[j+1]``.
+    """
+
+    split_blocks: int
+    lines: torch.Tensor
+    begins: torch.Tensor
+    ends: torch.Tensor
+    slots: torch.Tensor
+    merge_offsets: torch.Tensor
+    merge_lines: torch.Tensor
+    n_items: int
+    n_slots: int
+
+    @property
+    def n_split_lines(self) -> int:
+        return int(self.merge_lines.numel())
+
+
+_plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def auto_split_blocks(mask, by_rows: bool, n_batch_heads: int, device: torch.device) -> int:
+    """Item length, in mask blocks, that balances this launch; 0 when no line needs splitting.
+
+    Only on CUDA (the multiprocessor count sets the balance); CPU runs split only when asked to.
+    """
+    if mask.is_dense or device.type != "cuda":
+        return 0
+    n_sm = _multiprocessor_count(device)
+    total_blocks = (mask.n_full + mask.n_partial) * n_batch_heads
+    split_blocks = max(MIN_SPLIT_BLOCKS, math.ceil(total_blocks / (ITEMS_PER_SM * n_sm)))
+    longest = mask.max_blocks_per_row if by_rows else mask.max_blocks_per_col
+    return split_blocks if longest > split_blocks else 0
+
+
+def plan_for(config, mask, schedule, n_batch_heads: int, device: torch.device, by_rows: bool) -> SplitPlan | None:
+    """The launch's split plan, or None to give every line one program: ``config.split_blocks``
+    (0: never split) or, when None, :func:`auto_split_blocks`. Only launches that start heavy lines
+    first split, and ``config.full_runs=True`` keeps whole lines (runs are walked per line)."""
+    if mask.is_dense or not schedule.heavy_first or config.full_runs:
+        return None
+    split_blocks = config.split_blocks
+    if split_blocks is None:
+        split_blocks = auto_split_blocks(mask, by_rows, n_batch_heads, device)
+    return split_plan(mask, by_rows, split_blocks)
+
+
+def split_plan(mask, by_rows: bool, split_blocks: int) -> SplitPlan | None:
+    """The plan that cuts ``mask``'s rows (``by_rows``) or columns longer than ``split_blocks``
+    into items of at most ``split_blocks`` blocks; None when no line is that long. Cached per mask."""
+    if split_blocks <= 0 or mask.is_dense:
+        return None
+    longest = mask.max_blocks_per_row if by_rows else mask.max_blocks_per_col
+    if longest <= split_blocks:
+        return None
+    cache = _plans.setdefault(mask, {})
+    key = (by_rows, split_blocks)
+    if key not in cache:
+        cache[key] = _build_plan(mask, by_rows, split_blocks)
+    return cache[key]
+
+
+def _build_plan(mask, by_rows: bool, split_blocks: int) -> SplitPlan:
+    if by_rows:
+        offsets = (mask.full_kv_offsets, mask.partial_kv_offsets)
+    else:
+        offsets = (mask.full_q_offsets, mask.partial_q_offsets)
+    # One read back from the device per mask and direction; the plan is cached.
+    lengths = sum(np.diff(o.cpu().numpy().astype(np.int64)) for o in offsets)
+    n_items = np.maximum(1, -(-lengths // split_blocks))  # items per line
+    is_split = n_items > 1
+    item_line = np.repeat(np.arange(lengths.size), n_items)
+    item_rank = np.arange(item_line.size) - np.repeat(np.cumsum(n_items) - n_items, n_items)  # index within its line
+    # Equal cuts: item r of a line of L blocks in n items covers [r*L//n, (r+1)*L//n).
+    line_lengths, line_items = lengths[item_line], n_items[item_line]
+    begins = item_rank * line_lengths // line_items
+    ends = (item_rank + 1) * line_lengths // line_items
+    # Slots: the items of split lines, line by line; whole lines write their output (-1).
+    split_items = is_split[item_line]
+    slots = np.full(item_line.size, -1, dtype=np.int64)
+    slots[split_items] = np.arange(int(split_items.sum()))
+    merge_lines = np.flatnonzero(is_split)
+    merge_offsets = np.concatenate([[0], np.cumsum(n_items[merge_lines])])
+    # Longest items first; ties by line, then by position in the line.
+    order = np.lexsort((begins, item_line, -(ends - begins)))
+    device = mask.device
+    as_tensor = lambda a: torch.as_tensor(np.ascontiguousarray(a, dtype=np.int32)).to(device)  # noqa: E731
+    return SplitPlan(
+        split_blocks=split_blocks,
+        lines=as_tensor(item_line[order]),
+        begins=as_tensor(begins[order]),
+        ends=as_tensor(ends[order]),
+        slots=as_tensor(slots[order]),
+        merge_offsets=as_tensor(merge_offsets),
+        merge_lines=as_tensor(merge_lines),
+        n_items=int(item_line.size),
+        n_slots=int(split_items.sum()),
+    )
+
+
+def _multiprocessor_count(device: torch.device) -> int:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _sm_counts.setdefault(index, torch.cuda.get_device_properties(index).multi_processor_count)
+
+
+_sm_counts: dict = {}
+
+
+def item_arguments(plan: SplitPlan | None, order: torch.Tensor) -> tuple:
+    """(lines, begins, ends, slots) for a kernel: the plan's items, or ``order`` (the mask's line
+    order) with placeholders when nothing is split (the kernel then reads only ``order``)."""
+    if plan is None:
+        return (order, order, order, order)
+    return (plan.lines, plan.begins, plan.ends, plan.slots)
+
+
+# ---------------------------------------------------------------------------------- jit helpers
+
+# An item range that covers any line: lines hold fewer blocks than this.
+_WHOLE_LINE = tl.constexpr(2**30)
+
+
+@triton.jit
+def program_item(
+    order,
+    item_begins,
+    item_ends,
+    item_slots,
+    BLOCK: tl.constexpr,
+    MASK_BLOCK: tl.constexpr,
+    HEAVY_FIRST: tl.constexpr,
+    HEADS_FASTEST: tl.constexpr,
+    SPLIT: tl.constexpr,
+):
+    """This program's (first row of its kernel tile, batch*head, begin, end, slot).
+
+    With HEAVY_FIRST the program's rank picks an item from ``order`` (longest first: whole lines, or
+    with SPLIT the plan's items) and a kernel tile inside its mask block; otherwise rank r is simply
+    tile r. ``begin:end`` is the item's range of the line's blocks and ``slot`` its scratch slot
+    (-1: write the output); without SPLIT the item is the whole line.
+    """
+    if HEADS_FASTEST:
+        rank = tl.program_id(1)
+        batch_head = tl.program_id(0)
+    else:
+        rank = tl.program_id(0)
+        batch_head = tl.program_id(1)
+    if HEAVY_FIRST:
+        tiles_per_block: tl.constexpr = MASK_BLOCK // BLOCK
+        item = rank // tiles_per_block
+        line = tl.load(order + item)
+        first = line * MASK_BLOCK + (rank % tiles_per_block) * BLOCK
+    else:
+        item = rank
+        first = rank * BLOCK
+    if SPLIT:
+        begin = tl.load(item_begins + item)
+        end = tl.load(item_ends + item)
+        slot = tl.load(item_slots + item)
+    else:
+        begin = 0
+        end = _WHOLE_LINE
+        slot = -1
+    return first, batch_head, begin, end, slot
+
+
+@triton.jit
+def item_block_ranges(full_offsets, partial_offsets, line, begin, end):
+    """Index ranges into the full and the partial block lists that item ``begin:end`` of ``line``
+    covers: (full_begin, full_end, partial_begin, partial_end)."""
+    full_begin = tl.load(full_offsets + line)
+    full_end = tl.load(full_offsets + line + 1)
+    partial_begin = tl.load(partial_offsets + line)
+    partial_end = tl.load(partial_offsets + line + 1)
+    n_full = full_end - full_begin
+    return (
+        full_begin + tl.minimum(begin, n_full),
+        full_begin + tl.minimum(end, n_full),
+        partial_begin + tl.maximum(begin - n_full, 0),
+        tl.minimum(partial_begin + tl.maximum(end - n_full, 0), partial_end),
+    )
+
+
+@triton.jit
+def scratch_rows(scratch, slot, batch_head, n_batch_heads, first_row_in_block, MASK_BLOCK: tl.constexpr, WIDTH: tl.constexpr):
+    """Pointer to row ``first_row_in_block`` of (slot, batch_head) in a float32 scratch tensor
+    shaped (n_slots, n_batch_heads, MASK_BLOCK, WIDTH)."""
+    row = (tl.cast(slot, tl.int64) * n_batch_heads + batch_head) * MASK_BLOCK + first_row_in_block
+    return scratch + row * WIDTH
+
+
+@triton.jit
+def _merge_softmax_kernel(
+    OutPart, LsePart, Out, Lse,
+    merge_offsets, merge_lines,
+    stride_ob, stride_oh, stride_om, stride_od,
+    n_heads, n_batch_heads, q_len,
+    HEAD_DIM: tl.constexpr,
+    HEAD_DIM_PADDED: tl.constexpr,
+    MASK_BLOCK: tl.constexpr,
+    ROWS: tl.constexpr,
+):  # fmt: skip
+    """Forward merge: one program per (ROWS rows of a split line, batch*head)."""
+    chunks: tl.constexpr = MASK_BLOCK // ROWS
+    split_line = tl.program_id(0) // chunks
+    row_in_block = (tl.program_id(0) % chunks) * ROWS
+    batch_head = tl.program_id(1)
+    line = tl.load(merge_lines + split_line)
+    slot_begin = tl.load(merge_offsets + split_line)
+    slot_end = tl.load(merge_offsets + split_line + 1)
+    offs_m = tl.arange(0, ROWS)
+    offs_d = tl.arange(0, HEAD_DIM_PADDED)
+
+    m = tl.full([ROWS], float("-inf"), dtype=tl.float32)
+    for slot in range(slot_begin, slot_end):
+        lse_s = tl.load(scratch_rows(LsePart, slot, batch_head, n_batch_heads, row_in_block, MASK_BLOCK, 1) + offs_m)
+        m = tl.maximum(m, lse_s)
+    # Rows with no allowed key in any slot keep m = -inf: weigh every slot by exp(-inf) = 0, not NaN.
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    weight_sum = tl.zeros([ROWS], dtype=tl.float32)
+    acc = tl.zeros([ROWS, HEAD_DIM_PADDED], dtype=tl.float32)
+    for slot in range(slot_begin, slot_end):
+        lse_s = tl.load(scratch_rows(LsePart, slot, batch_head, n_batch_heads, row_in_block, MASK_BLOCK, 1) + offs_m)
+        o_ptrs = scratch_rows(OutPart, slot, batch_head, n_batch_heads, row_in_block, MASK_BLOCK, HEAD_DIM_PADDED)
+        o_s = tl.load(o_ptrs + offs_m[:, None] * HEAD_DIM_PADDED + offs_d[None, :])
+        w = tl.exp(lse_s - m_safe)
+        weight_sum += w
+        acc += w[:, None] * o_s
+    has_key = weight_sum > 0.0
+    safe_sum = tl.where(has_key, weight_sum, 1.0)
+    out = acc / safe_sum[:, None]
+    lse = tl.where(has_key, m_safe + tl.log(safe_sum), float("-inf"))
+
+    batch = batch_head // n_heads
+    head = batch_head % n_heads
+    first_row = line * MASK_BLOCK + row_in_block
+    o_base = Out + tl.cast(batch, tl.int64) * stride_ob + tl.cast(head, tl.int64) * stride_oh
+    o_ptrs = o_base + tl.cast(first_row, tl.int64) * stride_om + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
+    in_bounds = (first_row + offs_m) < q_len
+    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=in_bounds[:, None] & (offs_d[None, :] < HEAD_DIM))
+    tl.store(Lse + tl.cast(batch_head, tl.int64) * q_len + first_row + offs_m, lse, mask=in_bounds)
+
+
+@triton.jit
+def _merge_sum_kernel(
+    Part, Out,
+    merge_offsets, merge_lines,
+    stride_ob, stride_oh, stride_om, stride_od,
+    n_heads, n_batch_heads, length,
+    HEAD_DIM: tl.constexpr,
+    HEAD_DIM_PADDED: tl.constexpr,
+    MASK_BLOCK: tl.constexpr,
+    ROWS: tl.constexpr,
+):  # fmt: skip
+    """Backward merge: Out rows = the sum of the slots, one program per (ROWS rows, batch*head)."""
+    chunks: tl.constexpr = MASK_BLOCK // ROWS
+    split_line = tl.program_id(0) // chunks
+    row_in_block = (tl.program_id(0) % chunks) * ROWS
+    batch_head = tl.program_id(1)
+    line = tl.load(merge_lines + split_line)
+    slot_begin = tl.load(merge_offsets + split_line)
+    slot_end = tl.load(merge_offsets + split_line + 1)
+    offs_m = tl.arange(0, ROWS)
+    offs_d = tl.arange(0, HEAD_DIM_PADDED)
+    acc = tl.zeros([ROWS, HEAD_DIM_PADDED], dtype=tl.float32)
+    for slot in range(slot_begin, slot_end):
+        ptrs = scratch_rows(Part, slot, batch_head, n_batch_heads, row_in_block, MASK_BLOCK, HEAD_DIM_PADDED)
+        acc += tl.load(ptrs + offs_m[:, None] * HEAD_DIM_PADDED + offs_d[None, :])
+
+    batch = batch_head // n_heads
+    head = batch_head % n_heads
+    first_row = line * MASK_BLOCK + row_in_block
+    o_base = Out + tl.cast(batch, tl.int64) * stride_ob + tl.cast(head, tl.int64) * stride_oh
+    o_ptrs = o_base + tl.cast(first_row, tl.int64) * stride_om + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
+    in_bounds = ((first_row + offs_m) < length)[:, None] & (offs_d[None, :] < HEAD_DIM)
+    tl.store(o_ptrs, acc.to(Out.dtype.element_ty), mask=in_bounds)
+
+
+# ------------------------------------------------------------------------------------- launchers
+
+
+def new_scratch(plan: SplitPlan, n_batch_heads: int, mask_block: int, width: int, device) -> torch.Tensor:
+    """float32 (n_slots, n_batch_heads, mask_block, width) for the items' partial results."""
+    return torch.empty((plan.n_slots, n_batch_heads, mask_block, width), dtype=torch.float32, device=device)
+
+
+def _merge_grid(plan: SplitPlan, mask_block: int, n_batch_heads: int):
+    rows = min(_MERGE_ROWS, mask_block)
+    return rows, (plan.n_split_lines * (mask_block // rows), n_batch_heads)
+
+
+def merge_softmax(plan: SplitPlan, out_part, lse_part, out, lse, mask_block: int):
+    """Write the split rows of ``out`` (B, H, Lq, D) and ``lse`` (B, H, Lq) from the slots."""
+    batch, n_heads, q_len, head_dim = out.shape
+    rows, grid = _merge_grid(plan, mask_block, batch * n_heads)
+    _merge_softmax_kernel[grid](
+        out_part, lse_part, out, lse, plan.merge_offsets, plan.merge_lines,
+        *out.stride(), n_heads, batch * n_heads, q_len,
+        HEAD_DIM=head_dim, HEAD_DIM_PADDED=out_part.shape[-1], MASK_BLOCK=mask_block, ROWS=rows,
+    )  # fmt: skip
+
+
+def merge_sum(plan: SplitPlan, part, out, mask_block: int):
+    """Write the split lines' rows of ``out`` (B, H, L, D) as the sum of their slots."""
+    batch, n_heads, length, head_dim = out.shape
+    rows, grid = _merge_grid(plan, mask_block, batch * n_heads)
+    _merge_sum_kernel[grid](
+        part, out, plan.merge_offsets, plan.merge_lines,
+        *out.stride(), n_heads, batch * n_heads, length,
+        HEAD_DIM=head_dim, HEAD_DIM_PADDED=part.shape[-1], MASK_BLOCK=mask_block, ROWS=rows,
+    )  # fmt: skip
