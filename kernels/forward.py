@@ -50,6 +50,8 @@ from .common import (
     row_list_arguments,
     schedule_constants,
     store_rows,
+    tma_supported,
+    install_descriptor_allocator,
 )
 from .split import item_arguments, item_block_ranges, merge_softmax, new_scratch, plan_for, program_item, scratch_rows
 
@@ -81,11 +83,19 @@ def _online_softmax_step(
     HEAD_DIM: tl.constexpr,
     HEAD_DIM_PADDED: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    USE_TMA: tl.constexpr,
 ):
-    """Fold keys ``start_n + offs_n`` into the running (acc, m_i, l_i) of one query tile."""
-    check_rows = MASK_MODE != _NO_MASK
-    k = load_rows(k_base, start_n, offs_n, offs_d, stride_kn, stride_kd, kv_len, check_rows, HEAD_DIM, HEAD_DIM_PADDED)  # [BLOCK_N, D]
-    v = load_rows(v_base, start_n, offs_n, offs_d, stride_vn, stride_vd, kv_len, check_rows, HEAD_DIM, HEAD_DIM_PADDED)  # [BLOCK_N, D]
+    """Fold keys ``start_n + offs_n`` into the running (acc, m_i, l_i) of one query tile.
+
+    ``k_base``/``v_base`` point at the head's K and V, or with USE_TMA are tensor descriptors of them
+    (rows past kv_len arrive as zeros either way)."""
+    if USE_TMA:
+        k = k_base.load([start_n, 0])  # [BLOCK_N, D]
+        v = v_base.load([start_n, 0])  # [BLOCK_N, D]
+    else:
+        check_rows = MASK_MODE != _NO_MASK
+        k = load_rows(k_base, start_n, offs_n, offs_d, stride_kn, stride_kd, kv_len, check_rows, HEAD_DIM, HEAD_DIM_PADDED)  # [BLOCK_N, D]
+        v = load_rows(v_base, start_n, offs_n, offs_d, stride_vn, stride_vd, kv_len, check_rows, HEAD_DIM, HEAD_DIM_PADDED)  # [BLOCK_N, D]
     qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_N], unscaled
     if MASK_MODE == _TILE_MASK:
         qk = tl.where(allowed, qk, float("-inf"))
@@ -132,6 +142,7 @@ def _attention_forward_kernel(
     HEADS_FASTEST: tl.constexpr,
     FULL_RUNS: tl.constexpr,
     SPLIT: tl.constexpr,
+    USE_TMA: tl.constexpr,
 ):  # fmt: skip
     start_m, batch_head, item_begin, item_end, slot = program_item(
         item_lines, item_begins, item_ends, item_slots, BLOCK_M, MASK_BLOCK_M, HEAVY_FIRST, HEADS_FASTEST, SPLIT
@@ -143,6 +154,10 @@ def _attention_forward_kernel(
     q_base = Q + tl.cast(batch, tl.int64) * stride_qb + tl.cast(q_head, tl.int64) * stride_qh
     k_base = K + tl.cast(batch, tl.int64) * stride_kb + tl.cast(kv_head, tl.int64) * stride_kh
     v_base = V + tl.cast(batch, tl.int64) * stride_vb + tl.cast(kv_head, tl.int64) * stride_vh
+    if USE_TMA:
+        # K and V tiles through the tensor-memory accelerator (Hopper); see common.tma_supported.
+        k_base = tl.make_tensor_descriptor(k_base, shape=[kv_len, HEAD_DIM], strides=[stride_kn, 1], block_shape=[BLOCK_N, HEAD_DIM])
+        v_base = tl.make_tensor_descriptor(v_base, shape=[kv_len, HEAD_DIM], strides=[stride_vn, 1], block_shape=[BLOCK_N, HEAD_DIM])
     o_base = Out + tl.cast(batch, tl.int64) * stride_ob + tl.cast(q_head, tl.int64) * stride_oh
     lse_base = Lse + tl.cast(batch_head, tl.int64) * q_len
 
@@ -161,13 +176,13 @@ def _attention_forward_kernel(
             acc, m_i, l_i = _online_softmax_step(
                 acc, m_i, l_i, q, k_base, v_base, tile * BLOCK_N, offs_n, offs_d,
                 stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
-                _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION,
+                _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
             )  # fmt: skip
         if n_whole_tiles * BLOCK_N < kv_len:
             acc, m_i, l_i = _online_softmax_step(
                 acc, m_i, l_i, q, k_base, v_base, n_whole_tiles * BLOCK_N, offs_n, offs_d,
                 stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
-                _BOUNDS_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION,
+                _BOUNDS_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
             )  # fmt: skip
     else:
         # The mask row holding this kernel tile, and where the tile sits inside the mask's tiles.
@@ -194,7 +209,7 @@ def _attention_forward_kernel(
                 acc, m_i, l_i = _online_softmax_step(
                     acc, m_i, l_i, q, k_base, v_base, start_n, offs_n, offs_d,
                     stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
-                    _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION,
+                    _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
                 )  # fmt: skip
             for run in range(run_begin + 1, run_end):
                 first_key = tl.load(full_kv_run_starts + run) * MASK_BLOCK_N
@@ -203,7 +218,7 @@ def _attention_forward_kernel(
                     acc, m_i, l_i = _online_softmax_step(
                         acc, m_i, l_i, q, k_base, v_base, start_n, offs_n, offs_d,
                         stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
-                        _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION,
+                        _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
                     )  # fmt: skip
         else:
             # Short rows: one flat loop over the listed blocks pipelines better than nested runs.
@@ -213,7 +228,7 @@ def _attention_forward_kernel(
                 acc, m_i, l_i = _online_softmax_step(
                     acc, m_i, l_i, q, k_base, v_base, start_n, offs_n, offs_d,
                     stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
-                    _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION,
+                    _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
                 )  # fmt: skip
 
         for step in range(partial_begin * N_STEPS, partial_end * N_STEPS):
@@ -226,7 +241,7 @@ def _attention_forward_kernel(
             acc, m_i, l_i = _online_softmax_step(
                 acc, m_i, l_i, q, k_base, v_base, kv_block * MASK_BLOCK_N + col_in_tile, offs_n, offs_d,
                 stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, allowed,
-                _TILE_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION,
+                _TILE_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
             )  # fmt: skip
 
     # Rows with no allowed key: divide by 1 (acc is 0) and report lse = -inf. See [Note].
@@ -291,6 +306,9 @@ def attention_forward(
     else:
         out_part = lse_part = out  # unused
     row_lists = row_list_arguments(mask, q.device)
+    use_tma = config.tma if config.tma is not None else tma_supported(q, k, v)
+    if use_tma:
+        install_descriptor_allocator()
     with on_device_of(q):
         _attention_forward_kernel[grid](
             q, k, v, out, lse, out_part, lse_part,
@@ -308,6 +326,7 @@ def attention_forward(
             **schedule_constants(schedule, mask.is_dense),
             FULL_RUNS=plan is None and walk_full_blocks_as_runs(config, mask),
             SPLIT=plan is not None,
+            USE_TMA=use_tma,
             DOT_PRECISION=dot_precision(q.dtype, allow_tf32),
             num_warps=config.num_warps,
             num_stages=config.num_stages,

@@ -89,9 +89,22 @@ def test_split_plan_covers_every_line_once(split_blocks):
         assert plan.n_slots == merge_offsets[-1] == sum(1 for s in slots if s >= 0)
 
 
-def check_kernels_against_oracle(q, k, v, dout, mask, allowed, schedule=Schedule(), full_runs=None, split_blocks=0):
+# K and V through tensor descriptors (TMA on Hopper; the interpreter emulates them): rows past the
+# end (dense with Lk = 200, not a multiple of 16; causal with Lq > Lk) must arrive as zeros.
+@pytest.mark.parametrize("pattern, q_len, kv_len", [("dense", 150, 200), ("causal", 120, 90), ("local(20) + global(5)", 130, 130)])
+def test_tensor_descriptor_loads_match_the_oracle(pattern, q_len, kv_len, monkeypatch):
+    monkeypatch.setattr(kernels, "POISON_OUTPUTS", True)
+    gen = torch.Generator().manual_seed(5)
+    q, dout = (torch.randn(1, 2, q_len, 32, generator=gen) for _ in range(2))
+    k, v = (torch.randn(1, 2, kv_len, 32, generator=gen) for _ in range(2))
+    mask = sparseflash.compile_mask(pattern, q_len, kv_len, block_m=32, block_n=32)
+    allowed = sparseflash.parse(pattern).dense_mask(q_len, kv_len)
+    check_kernels_against_oracle(q, k, v, dout, mask, allowed, split_blocks=2, tma=True)
+
+
+def check_kernels_against_oracle(q, k, v, dout, mask, allowed, schedule=Schedule(), full_runs=None, split_blocks=0, tma=False):
     scale = q.shape[-1] ** -0.5
-    forward_config = ForwardConfig(16, 16, 4, 1, schedule, full_runs, split_blocks)
+    forward_config = ForwardConfig(16, 16, 4, 1, schedule, full_runs, split_blocks, tma)
     out, lse = attention_forward(q, k, v, mask, scale, config=forward_config)
     dq, dk, dv = attention_backward(
         dout, q, k, v, out, lse, mask, scale, config=BackwardConfig(16, 16, 16, 16, 4, 1, schedule, full_runs, split_blocks)
