@@ -46,6 +46,8 @@ from .common import (
     row_list_arguments,
     schedule_constants,
     store_rows,
+    tma_supported,
+    install_descriptor_allocator,
 )
 from .split import item_arguments, item_block_ranges, merge_sum, new_scratch, plan_for, program_item, scratch_rows
 
@@ -108,10 +110,17 @@ def _dkdv_step(
     HEAD_DIM: tl.constexpr,
     HEAD_DIM_PADDED: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    USE_TMA: tl.constexpr,
 ):
-    """Add the contribution of queries ``start_m + offs_m`` to one key tile's dK and dV."""
-    q = load_rows(q_base, start_m, offs_m, offs_d, stride_qm, stride_qd, q_len, MASK_MODE != 0, HEAD_DIM, HEAD_DIM_PADDED)  # [BLOCK_M, D]
-    do = load_rows(do_base, start_m, offs_m, offs_d, stride_dom, stride_dod, q_len, MASK_MODE != 0, HEAD_DIM, HEAD_DIM_PADDED)  # [BLOCK_M, D]
+    """Add the contribution of queries ``start_m + offs_m`` to one key tile's dK and dV.
+
+    ``q_base``/``do_base``: pointers, or with USE_TMA tensor descriptors (rows past q_len read 0)."""
+    if USE_TMA:
+        q = q_base.load([start_m, 0])  # [BLOCK_M, D]
+        do = do_base.load([start_m, 0])  # [BLOCK_M, D]
+    else:
+        q = load_rows(q_base, start_m, offs_m, offs_d, stride_qm, stride_qd, q_len, MASK_MODE != 0, HEAD_DIM, HEAD_DIM_PADDED)  # [BLOCK_M, D]
+        do = load_rows(do_base, start_m, offs_m, offs_d, stride_dom, stride_dod, q_len, MASK_MODE != 0, HEAD_DIM, HEAD_DIM_PADDED)  # [BLOCK_M, D]
     if MASK_MODE == _NO_MASK:
         lse2 = tl.load(lse_base + start_m + offs_m) * _LOG2E_JIT
         delta = tl.load(delta_base + start_m + offs_m)
@@ -158,6 +167,7 @@ def _attention_backward_dkdv_kernel(
     HEADS_FASTEST: tl.constexpr,
     FULL_RUNS: tl.constexpr,
     SPLIT: tl.constexpr,
+    USE_TMA: tl.constexpr,
 ):  # fmt: skip
     start_n, batch_head, item_begin, item_end, slot = program_item(
         item_lines, item_begins, item_ends, item_slots, BLOCK_N, MASK_BLOCK_N, HEAVY_FIRST, HEADS_FASTEST, SPLIT
@@ -189,6 +199,9 @@ def _attention_backward_dkdv_kernel(
         q_head = kv_head * GROUP_SIZE + member
         q_base = Q + tl.cast(batch, tl.int64) * stride_qb + tl.cast(q_head, tl.int64) * stride_qh
         do_base = DOut + tl.cast(batch, tl.int64) * stride_dob + tl.cast(q_head, tl.int64) * stride_doh
+        if USE_TMA:
+            q_base = tl.make_tensor_descriptor(q_base, shape=[q_len, HEAD_DIM], strides=[stride_qm, 1], block_shape=[BLOCK_M, HEAD_DIM])
+            do_base = tl.make_tensor_descriptor(do_base, shape=[q_len, HEAD_DIM], strides=[stride_dom, 1], block_shape=[BLOCK_M, HEAD_DIM])
         row_base = (tl.cast(batch, tl.int64) * n_kv_heads * GROUP_SIZE + q_head) * q_len
         lse_base = Lse + row_base
         delta_base = Delta + row_base
@@ -200,13 +213,13 @@ def _attention_backward_dkdv_kernel(
                 dk, dv = _dkdv_step(
                     dk, dv, k, v, q_base, do_base, lse_base, delta_base, tile * BLOCK_M, offs_m, offs_d,
                     stride_qm, stride_qd, stride_dom, stride_dod, q_len, qk_scale, 0,
-                    _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION,
+                    _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
                 )  # fmt: skip
             if n_whole_tiles * BLOCK_M < q_len:
                 dk, dv = _dkdv_step(
                     dk, dv, k, v, q_base, do_base, lse_base, delta_base, n_whole_tiles * BLOCK_M, offs_m, offs_d,
                     stride_qm, stride_qd, stride_dom, stride_dod, q_len, qk_scale, 0,
-                    _BOUNDS_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION,
+                    _BOUNDS_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
                 )  # fmt: skip
         else:
             if FULL_RUNS:
@@ -220,7 +233,7 @@ def _attention_backward_dkdv_kernel(
                         dk, dv = _dkdv_step(
                             dk, dv, k, v, q_base, do_base, lse_base, delta_base, start_m, offs_m, offs_d,
                             stride_qm, stride_qd, stride_dom, stride_dod, q_len, qk_scale, 0,
-                            _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION,
+                            _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
                         )  # fmt: skip
             else:
                 for step in range(full_begin * M_STEPS, full_end * M_STEPS):
@@ -229,7 +242,7 @@ def _attention_backward_dkdv_kernel(
                     dk, dv = _dkdv_step(
                         dk, dv, k, v, q_base, do_base, lse_base, delta_base, start_m, offs_m, offs_d,
                         stride_qm, stride_qd, stride_dom, stride_dod, q_len, qk_scale, 0,
-                        _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION,
+                        _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
                     )  # fmt: skip
             for step in range(partial_begin * M_STEPS, partial_end * M_STEPS):
                 q_block = tl.load(partial_q_indices + step // M_STEPS)
@@ -242,7 +255,7 @@ def _attention_backward_dkdv_kernel(
                 dk, dv = _dkdv_step(
                     dk, dv, k, v, q_base, do_base, lse_base, delta_base, q_block * MASK_BLOCK_M + row_in_tile,
                     offs_m, offs_d, stride_qm, stride_qd, stride_dom, stride_dod, q_len, qk_scale, allowed_t,
-                    _TILE_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION,
+                    _TILE_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
                 )  # fmt: skip
 
     dk = dk * scale
@@ -285,10 +298,17 @@ def _dq_step(
     HEAD_DIM: tl.constexpr,
     HEAD_DIM_PADDED: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    USE_TMA: tl.constexpr,
 ):
-    """Add the contribution of keys ``start_n + offs_n`` to one query tile's dQ (unscaled)."""
-    k = load_rows(k_base, start_n, offs_n, offs_d, stride_kn, stride_kd, kv_len, MASK_MODE != 0, HEAD_DIM, HEAD_DIM_PADDED)  # [BLOCK_N, D]
-    v = load_rows(v_base, start_n, offs_n, offs_d, stride_vn, stride_vd, kv_len, MASK_MODE != 0, HEAD_DIM, HEAD_DIM_PADDED)  # [BLOCK_N, D]
+    """Add the contribution of keys ``start_n + offs_n`` to one query tile's dQ (unscaled).
+
+    ``k_base``/``v_base``: pointers, or with USE_TMA tensor descriptors (rows past kv_len read 0)."""
+    if USE_TMA:
+        k = k_base.load([start_n, 0])  # [BLOCK_N, D]
+        v = v_base.load([start_n, 0])  # [BLOCK_N, D]
+    else:
+        k = load_rows(k_base, start_n, offs_n, offs_d, stride_kn, stride_kd, kv_len, MASK_MODE != 0, HEAD_DIM, HEAD_DIM_PADDED)  # [BLOCK_N, D]
+        v = load_rows(v_base, start_n, offs_n, offs_d, stride_vn, stride_vd, kv_len, MASK_MODE != 0, HEAD_DIM, HEAD_DIM_PADDED)  # [BLOCK_N, D]
     scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N], base 2
     if MASK_MODE == _TILE_MASK:
         scores = tl.where(allowed, scores, float("-inf"))
@@ -327,6 +347,7 @@ def _attention_backward_dq_kernel(
     HEADS_FASTEST: tl.constexpr,
     FULL_RUNS: tl.constexpr,
     SPLIT: tl.constexpr,
+    USE_TMA: tl.constexpr,
 ):  # fmt: skip
     start_m, batch_head, item_begin, item_end, slot = program_item(
         item_lines, item_begins, item_ends, item_slots, BLOCK_M, MASK_BLOCK_M, HEAVY_FIRST, HEADS_FASTEST, SPLIT
@@ -345,6 +366,9 @@ def _attention_backward_dq_kernel(
     v_base = V + tl.cast(batch, tl.int64) * stride_vb + tl.cast(kv_head, tl.int64) * stride_vh
     q = load_rows(q_base, start_m, offs_m, offs_d, stride_qm, stride_qd, q_len, True, HEAD_DIM, HEAD_DIM_PADDED)  # [BLOCK_M, D]
     do = load_rows(do_base, start_m, offs_m, offs_d, stride_dom, stride_dod, q_len, True, HEAD_DIM, HEAD_DIM_PADDED)  # [BLOCK_M, D]
+    if USE_TMA:
+        k_base = tl.make_tensor_descriptor(k_base, shape=[kv_len, HEAD_DIM], strides=[stride_kn, 1], block_shape=[BLOCK_N, HEAD_DIM])
+        v_base = tl.make_tensor_descriptor(v_base, shape=[kv_len, HEAD_DIM], strides=[stride_vn, 1], block_shape=[BLOCK_N, HEAD_DIM])
     in_bounds = (start_m + offs_m) < q_len
     row_offsets = tl.cast(batch_head, tl.int64) * q_len + start_m + offs_m
     lse = tl.load(Lse + row_offsets, mask=in_bounds, other=float("inf"))
@@ -359,13 +383,13 @@ def _attention_backward_dq_kernel(
             dq = _dq_step(
                 dq, q, do, lse2, delta, k_base, v_base, tile * BLOCK_N, offs_n, offs_d,
                 stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
-                _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION,
+                _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
             )  # fmt: skip
         if n_whole_tiles * BLOCK_N < kv_len:
             dq = _dq_step(
                 dq, q, do, lse2, delta, k_base, v_base, n_whole_tiles * BLOCK_N, offs_n, offs_d,
                 stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
-                _BOUNDS_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION,
+                _BOUNDS_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
             )  # fmt: skip
     else:
         mask_row = start_m // MASK_BLOCK_M
@@ -385,7 +409,7 @@ def _attention_backward_dq_kernel(
                     dq = _dq_step(
                         dq, q, do, lse2, delta, k_base, v_base, start_n, offs_n, offs_d,
                         stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
-                        _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION,
+                        _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
                     )  # fmt: skip
         else:
             for step in range(full_begin * N_STEPS, full_end * N_STEPS):
@@ -394,7 +418,7 @@ def _attention_backward_dq_kernel(
                 dq = _dq_step(
                     dq, q, do, lse2, delta, k_base, v_base, start_n, offs_n, offs_d,
                     stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
-                    _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION,
+                    _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
                 )  # fmt: skip
         for step in range(partial_begin * N_STEPS, partial_end * N_STEPS):
             kv_block = tl.load(partial_kv_indices + step // N_STEPS)
@@ -406,7 +430,7 @@ def _attention_backward_dq_kernel(
             dq = _dq_step(
                 dq, q, do, lse2, delta, k_base, v_base, kv_block * MASK_BLOCK_N + col_in_tile, offs_n, offs_d,
                 stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, allowed,
-                _TILE_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION,
+                _TILE_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
             )  # fmt: skip
 
     dq = dq * scale
@@ -468,7 +492,11 @@ def attention_backward(
     dk = new_output(k.shape, k.dtype, k.device)
     dv = new_output(v.shape, v.dtype, v.device)
     full_runs = walk_full_blocks_as_runs(config, mask)
+    use_tma = config.tma if config.tma is not None else tma_supported(q, k, v, dout)
+    if use_tma:
+        install_descriptor_allocator()
     common = dict(
+        USE_TMA=use_tma,
         GROUP_SIZE=group_size,
         HEAD_DIM=head_dim,
         HEAD_DIM_PADDED=padded,

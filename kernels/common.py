@@ -130,7 +130,7 @@ class ForwardConfig:
     schedule: Schedule | None = None  # None: auto_schedule(mask); only sparse masks use one
     full_runs: bool | None = None  # walk full blocks as runs; None: walk_full_blocks_as_runs decides
     split_blocks: int | None = None  # split lines longer than this (split.py); None: auto, 0: never
-    tma: bool | None = None  # K/V loads through tensor descriptors; None: tma_supported decides
+    tma: bool | None = None  # tile loads through tensor descriptors; None: tma_supported decides
 
 
 @dataclass(frozen=True)
@@ -147,6 +147,7 @@ class BackwardConfig:
     schedule: Schedule | None = None  # None: auto_schedule(mask); only sparse masks use one
     full_runs: bool | None = None  # walk full blocks as runs; None: walk_full_blocks_as_runs decides
     split_blocks: int | None = None  # split lines longer than this (split.py); None: auto, 0: never
+    tma: bool | None = None  # tile loads through tensor descriptors; None: tma_supported decides
 
 
 # Measured on an H200 (bf16, benchmarks/tune_kernels.py, 2026-11-21; results in
@@ -261,22 +262,24 @@ def default_backward_config(head_dim_padded, dtype, mask) -> BackwardConfig:
     )
 
 
-def tma_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """Whether the forward loads K and V through tensor descriptors built in the kernel (TMA).
+def tma_supported(*tensors: torch.Tensor) -> bool:
+    """Whether kernels may load tiles of these (B, H, L, D) tensors through tensor descriptors
+    built in the kernel (TMA).
 
     Hopper or newer, 16-bit inputs whose head dim is a power of two, Triton with device-side
-    descriptors, and the layout TMA needs: unit stride along the head dim and every other stride
-    and the base addresses multiples of 16 bytes. Measured on the H200 (dense, D=128, Triton 3.6):
-    about 3% faster than pointer loads (benchmarks/experiments/hopper_forward.py).
+    descriptors, and the layout TMA needs: unit stride along the head dim, every other stride and
+    the base address multiples of 16 bytes. Measured on the H200 (Triton 3.6, BENCHMARKS.md):
+    the forward 9-18% faster than with pointer loads.
     """
-    if not (q.is_cuda and hasattr(tl, "make_tensor_descriptor") and hasattr(triton, "set_allocator")):
+    first = tensors[0]
+    if not (first.is_cuda and hasattr(tl, "make_tensor_descriptor") and hasattr(triton, "set_allocator")):
         return False
-    if q.dtype not in (torch.float16, torch.bfloat16) or torch.cuda.get_device_capability(q.device)[0] < 9:
+    if first.dtype not in (torch.float16, torch.bfloat16) or torch.cuda.get_device_capability(first.device)[0] < 9:
         return False
-    head_dim = q.shape[-1]
+    head_dim = first.shape[-1]
     if head_dim & (head_dim - 1):
         return False
-    for t in (k, v):
+    for t in tensors:
         if t.stride(-1) != 1 or t.data_ptr() % 16:
             return False
         if any((s * t.element_size()) % 16 for s in t.stride()[:-1]):

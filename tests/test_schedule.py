@@ -89,7 +89,7 @@ def test_split_plan_covers_every_line_once(split_blocks):
         assert plan.n_slots == merge_offsets[-1] == sum(1 for s in slots if s >= 0)
 
 
-# K and V through tensor descriptors (TMA on Hopper; the interpreter emulates them): rows past the
+# Tiles through tensor descriptors (TMA on Hopper; the interpreter emulates them): rows past the
 # end (dense with Lk = 200, not a multiple of 16; causal with Lq > Lk) must arrive as zeros.
 @pytest.mark.parametrize("pattern, q_len, kv_len", [("dense", 150, 200), ("causal", 120, 90), ("local(20) + global(5)", 130, 130)])
 def test_tensor_descriptor_loads_match_the_oracle(pattern, q_len, kv_len, monkeypatch):
@@ -107,7 +107,7 @@ def check_kernels_against_oracle(q, k, v, dout, mask, allowed, schedule=Schedule
     forward_config = ForwardConfig(16, 16, 4, 1, schedule, full_runs, split_blocks, tma)
     out, lse = attention_forward(q, k, v, mask, scale, config=forward_config)
     dq, dk, dv = attention_backward(
-        dout, q, k, v, out, lse, mask, scale, config=BackwardConfig(16, 16, 16, 16, 4, 1, schedule, full_runs, split_blocks)
+        dout, q, k, v, out, lse, mask, scale, config=BackwardConfig(16, 16, 16, 16, 4, 1, schedule, full_runs, split_blocks, tma)
     )
     leaves = [t.clone().double().requires_grad_(True) for t in (q, k, v)]
     ref_out, ref_lse = reference_attention(*leaves, allowed)
