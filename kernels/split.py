@@ -35,6 +35,11 @@ MIN_SPLIT_BLOCKS = 8
 # Items are sized so that the launch has about this many items' worth of work per multiprocessor:
 # the longest item then takes a fraction of a multiprocessor's share and overlaps the rest.
 ITEMS_PER_SM = 4
+# Lines are split only when the longest holds this many multiprocessors' shares of the launch's
+# work: below that the other programs hide it, and the merge costs more than it gains (measured,
+# local(256)+global(4) at 32k, benchmarks/split_lines.py: 16 heads (longest 1.2 shares) 6% slower
+# split; 4 heads (4.7 shares) 3.4x faster; 1 head 7x).
+SPLIT_WHEN_SHARES = 2
 
 # Rows of a mask block merged by one merge program (bounds its registers: 32 x 256 float32).
 _MERGE_ROWS = 32
@@ -77,10 +82,11 @@ def auto_split_blocks(mask, by_rows: bool, n_batch_heads: int, device: torch.dev
     if mask.is_dense or device.type != "cuda":
         return 0
     n_sm = _multiprocessor_count(device)
-    total_blocks = (mask.n_full + mask.n_partial) * n_batch_heads
-    split_blocks = max(MIN_SPLIT_BLOCKS, math.ceil(total_blocks / (ITEMS_PER_SM * n_sm)))
+    share = (mask.n_full + mask.n_partial) * n_batch_heads / n_sm  # blocks per multiprocessor
     longest = mask.max_blocks_per_row if by_rows else mask.max_blocks_per_col
-    return split_blocks if longest > split_blocks else 0
+    if longest <= SPLIT_WHEN_SHARES * share:
+        return 0
+    return max(MIN_SPLIT_BLOCKS, math.ceil(share / ITEMS_PER_SM))
 
 
 def plan_for(config, mask, schedule, n_batch_heads: int, device: torch.device, by_rows: bool) -> SplitPlan | None:
