@@ -29,6 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .common import store_rows
+
 # Never cut a line into items shorter than this many mask blocks: each item costs a prologue, an
 # epilogue and a slot to merge.
 MIN_SPLIT_BLOCKS = 8
@@ -246,6 +248,18 @@ def scratch_rows(scratch, slot, batch_head, n_batch_heads, first_row_in_block, M
 
 
 @triton.jit
+def _merge_program(merge_offsets, merge_lines, MASK_BLOCK: tl.constexpr, ROWS: tl.constexpr):
+    """A merge program's (line, first row in the mask block, batch*head, slot_begin, slot_end):
+    program (i, bh) merges rows ``(i % chunks) * ROWS`` onwards of split line ``i // chunks``."""
+    chunks: tl.constexpr = MASK_BLOCK // ROWS
+    split_line = tl.program_id(0) // chunks
+    line = tl.load(merge_lines + split_line)
+    slot_begin = tl.load(merge_offsets + split_line)
+    slot_end = tl.load(merge_offsets + split_line + 1)
+    return line, (tl.program_id(0) % chunks) * ROWS, tl.program_id(1), slot_begin, slot_end
+
+
+@triton.jit
 def _merge_softmax_kernel(
     OutPart, LsePart, Out, Lse,
     merge_offsets, merge_lines,
@@ -257,13 +271,7 @@ def _merge_softmax_kernel(
     ROWS: tl.constexpr,
 ):  # fmt: skip
     """Forward merge: one program per (ROWS rows of a split line, batch*head)."""
-    chunks: tl.constexpr = MASK_BLOCK // ROWS
-    split_line = tl.program_id(0) // chunks
-    row_in_block = (tl.program_id(0) % chunks) * ROWS
-    batch_head = tl.program_id(1)
-    line = tl.load(merge_lines + split_line)
-    slot_begin = tl.load(merge_offsets + split_line)
-    slot_end = tl.load(merge_offsets + split_line + 1)
+    line, row_in_block, batch_head, slot_begin, slot_end = _merge_program(merge_offsets, merge_lines, MASK_BLOCK, ROWS)
     offs_m = tl.arange(0, ROWS)
     offs_d = tl.arange(0, HEAD_DIM_PADDED)
 
@@ -287,14 +295,10 @@ def _merge_softmax_kernel(
     out = acc / safe_sum[:, None]
     lse = tl.where(has_key, m_safe + tl.log(safe_sum), float("-inf"))
 
-    batch = batch_head // n_heads
-    head = batch_head % n_heads
     first_row = line * MASK_BLOCK + row_in_block
-    o_base = Out + tl.cast(batch, tl.int64) * stride_ob + tl.cast(head, tl.int64) * stride_oh
-    o_ptrs = o_base + tl.cast(first_row, tl.int64) * stride_om + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
-    in_bounds = (first_row + offs_m) < q_len
-    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=in_bounds[:, None] & (offs_d[None, :] < HEAD_DIM))
-    tl.store(Lse + tl.cast(batch_head, tl.int64) * q_len + first_row + offs_m, lse, mask=in_bounds)
+    o_base = Out + tl.cast(batch_head // n_heads, tl.int64) * stride_ob + tl.cast(batch_head % n_heads, tl.int64) * stride_oh
+    store_rows(o_base, first_row, offs_m, offs_d, stride_om, stride_od, q_len, out.to(Out.dtype.element_ty), HEAD_DIM)
+    tl.store(Lse + tl.cast(batch_head, tl.int64) * q_len + first_row + offs_m, lse, mask=(first_row + offs_m) < q_len)
 
 
 @triton.jit
@@ -309,13 +313,7 @@ def _merge_sum_kernel(
     ROWS: tl.constexpr,
 ):  # fmt: skip
     """Backward merge: Out rows = the sum of the slots, one program per (ROWS rows, batch*head)."""
-    chunks: tl.constexpr = MASK_BLOCK // ROWS
-    split_line = tl.program_id(0) // chunks
-    row_in_block = (tl.program_id(0) % chunks) * ROWS
-    batch_head = tl.program_id(1)
-    line = tl.load(merge_lines + split_line)
-    slot_begin = tl.load(merge_offsets + split_line)
-    slot_end = tl.load(merge_offsets + split_line + 1)
+    line, row_in_block, batch_head, slot_begin, slot_end = _merge_program(merge_offsets, merge_lines, MASK_BLOCK, ROWS)
     offs_m = tl.arange(0, ROWS)
     offs_d = tl.arange(0, HEAD_DIM_PADDED)
     acc = tl.zeros([ROWS, HEAD_DIM_PADDED], dtype=tl.float32)
@@ -323,13 +321,9 @@ def _merge_sum_kernel(
         ptrs = scratch_rows(Part, slot, batch_head, n_batch_heads, row_in_block, MASK_BLOCK, HEAD_DIM_PADDED)
         acc += tl.load(ptrs + offs_m[:, None] * HEAD_DIM_PADDED + offs_d[None, :])
 
-    batch = batch_head // n_heads
-    head = batch_head % n_heads
     first_row = line * MASK_BLOCK + row_in_block
-    o_base = Out + tl.cast(batch, tl.int64) * stride_ob + tl.cast(head, tl.int64) * stride_oh
-    o_ptrs = o_base + tl.cast(first_row, tl.int64) * stride_om + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od
-    in_bounds = ((first_row + offs_m) < length)[:, None] & (offs_d[None, :] < HEAD_DIM)
-    tl.store(o_ptrs, acc.to(Out.dtype.element_ty), mask=in_bounds)
+    o_base = Out + tl.cast(batch_head // n_heads, tl.int64) * stride_ob + tl.cast(batch_head % n_heads, tl.int64) * stride_oh
+    store_rows(o_base, first_row, offs_m, offs_d, stride_om, stride_od, length, acc.to(Out.dtype.element_ty), HEAD_DIM)
 
 
 # ------------------------------------------------------------------------------------- launchers
