@@ -519,9 +519,8 @@ def attention_backward(
         )  # fmt: skip
 
         column_plan = plan_for(config, mask, column_schedule, batch * n_kv_heads, q.device, by_rows=False)
-        n_columns = column_plan.n_items if column_plan is not None else mask.n_kv_blocks
         dkdv_grid = launch_grid(
-            kv_len, config.block_n1, mask.block_n, n_columns, batch * n_kv_heads, column_schedule, mask.is_dense
+            kv_len, config.block_n1, mask.block_n, batch * n_kv_heads, column_schedule, mask.is_dense, column_plan
         )
         if column_plan is not None:
             dk_part = new_scratch(column_plan, batch * n_kv_heads, mask.block_n, padded, q.device)
@@ -546,8 +545,7 @@ def attention_backward(
             merge_sum(column_plan, dv_part, dv, mask.block_n)
 
         row_plan = plan_for(config, mask, row_schedule, batch * n_q_heads, q.device, by_rows=True)
-        n_rows = row_plan.n_items if row_plan is not None else mask.n_q_blocks
-        dq_grid = launch_grid(q_len, config.block_m2, mask.block_m, n_rows, batch * n_q_heads, row_schedule, mask.is_dense)
+        dq_grid = launch_grid(q_len, config.block_m2, mask.block_m, batch * n_q_heads, row_schedule, mask.is_dense, row_plan)
         dq_part = new_scratch(row_plan, batch * n_q_heads, mask.block_m, padded, q.device) if row_plan is not None else dq
         row_lists = row_list_arguments(mask, q.device)
         _attention_backward_dq_kernel[dq_grid](

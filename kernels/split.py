@@ -65,8 +65,11 @@ class SplitPlan:
     slots: torch.Tensor
     merge_offsets: torch.Tensor
     merge_lines: torch.Tensor
-    n_items: int
     n_slots: int
+
+    @property
+    def n_items(self) -> int:
+        return int(self.lines.numel())
 
     @property
     def n_split_lines(self) -> int:
@@ -151,7 +154,6 @@ def _build_plan(mask, by_rows: bool, split_blocks: int) -> SplitPlan:
         slots=as_tensor(slots[order]),
         merge_offsets=as_tensor(merge_offsets),
         merge_lines=as_tensor(merge_lines),
-        n_items=int(item_line.size),
         n_slots=int(split_items.sum()),
     )
 
