@@ -130,7 +130,6 @@ class ForwardConfig:
     full_runs: bool | None = None  # walk full blocks as runs; None: walk_full_blocks_as_runs decides
     split_blocks: int | None = None  # split lines longer than this (split.py); None: auto, 0: never
     tma: bool | None = None  # tile loads through tensor descriptors; None: tma_supported decides
-    stream_per_sm: int | None = None  # streamed launch (streamed.py), programs per SM; None: auto, 0: off
 
 
 @dataclass(frozen=True)

@@ -53,14 +53,12 @@ from .common import (
     tma_supported,
     install_descriptor_allocator,
 )
-from .streamed import EMPTY_ROW_STEP, row_step_table, stream_parts, streamed_programs_per_sm
 from .split import item_arguments, item_block_ranges, merge_softmax, new_scratch, plan_for, program_item, scratch_rows
 
 # How a step masks its scores.
 _NO_MASK = tl.constexpr(0)  # full block (or a whole dense tile): nothing to mask
 _TILE_MASK = tl.constexpr(1)  # partial block: the uint8 tile (0 also on padding)
 _BOUNDS_MASK = tl.constexpr(2)  # last tile of a dense row: keys past kv_len
-_EMPTY_ROW_STEP = tl.constexpr(EMPTY_ROW_STEP)
 
 
 @triton.jit
@@ -119,17 +117,6 @@ def _online_softmax_step(
     # The product accumulates into acc in place (one matrix instruction chain, no separate add).
     acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
     return acc, m_new, l_i
-
-
-@triton.jit
-def _finish_rows(acc, m_i, l_i):
-    """(out, lse) of a query tile from its final softmax state. Rows with no allowed key divide by
-    1 (acc is 0) and report lse = -inf: see [Note]."""
-    has_key = l_i > 0.0
-    l_safe = tl.where(has_key, l_i, 1.0)
-    out = acc / l_safe[:, None]
-    lse = tl.where(has_key, (m_i + tl.math.log2(l_safe)) * LN2_JIT, float("-inf"))
-    return out, lse
 
 
 @triton.jit
@@ -258,7 +245,11 @@ def _attention_forward_kernel(
                 _TILE_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
             )  # fmt: skip
 
-    out, lse = _finish_rows(acc, m_i, l_i)
+    # Rows with no allowed key: divide by 1 (acc is 0) and report lse = -inf. See [Note].
+    has_key = l_i > 0.0
+    l_safe = tl.where(has_key, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    lse = tl.where(has_key, (m_i + tl.math.log2(l_safe)) * LN2_JIT, float("-inf"))
     # An item of a split row writes its float32 partial result to its slot, merged later.
     to_slot = False
     if SPLIT:
@@ -271,78 +262,6 @@ def _attention_forward_kernel(
     else:
         store_rows(o_base, start_m, offs_m, offs_d, stride_om, stride_od, q_len, out.to(Out.dtype.element_ty), HEAD_DIM)
         tl.store(lse_base + start_m + offs_m, lse, mask=(start_m + offs_m) < q_len)
-
-
-@triton.jit
-def _streamed_forward_kernel(
-    Q, K, V, Out, Lse,
-    step_keys, step_tiles, step_rows, part_bounds, tiles,
-    stride_qb, stride_qh, stride_qm, stride_qd,
-    stride_kb, stride_kh, stride_kn, stride_kd,
-    stride_vb, stride_vh, stride_vn, stride_vd,
-    stride_ob, stride_oh, stride_om, stride_od,
-    n_q_heads, q_len, kv_len, qk_scale,
-    GROUP_SIZE: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    HEAD_DIM_PADDED: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    MASK_BLOCK_M: tl.constexpr,
-    MASK_BLOCK_N: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-    USE_TMA: tl.constexpr,
-):  # fmt: skip
-    """The forward of a streamed launch (``streamed.py``): program (part, batch*head) walks steps
-    ``part_bounds[part]:part_bounds[part + 1]`` of the step table, several query tiles in one loop."""
-    part = tl.program_id(0)
-    batch_head = tl.program_id(1)
-    batch = batch_head // n_q_heads
-    q_head = batch_head % n_q_heads
-    kv_head = q_head // GROUP_SIZE
-
-    q_base = Q + tl.cast(batch, tl.int64) * stride_qb + tl.cast(q_head, tl.int64) * stride_qh
-    k_base = K + tl.cast(batch, tl.int64) * stride_kb + tl.cast(kv_head, tl.int64) * stride_kh
-    v_base = V + tl.cast(batch, tl.int64) * stride_vb + tl.cast(kv_head, tl.int64) * stride_vh
-    if USE_TMA:
-        k_base = tl.make_tensor_descriptor(k_base, shape=[kv_len, HEAD_DIM], strides=[stride_kn, 1], block_shape=[BLOCK_N, HEAD_DIM])
-        v_base = tl.make_tensor_descriptor(v_base, shape=[kv_len, HEAD_DIM], strides=[stride_vn, 1], block_shape=[BLOCK_N, HEAD_DIM])
-    o_base = Out + tl.cast(batch, tl.int64) * stride_ob + tl.cast(q_head, tl.int64) * stride_oh
-    lse_base = Lse + tl.cast(batch_head, tl.int64) * q_len
-
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM_PADDED)
-
-    q = tl.zeros([BLOCK_M, HEAD_DIM_PADDED], dtype=Q.dtype.element_ty)
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM_PADDED], dtype=tl.float32)
-    for step in range(tl.load(part_bounds + part), tl.load(part_bounds + part + 1)):
-        start_n = tl.load(step_keys + step)
-        tile_id = tl.load(step_tiles + step)
-        row_code = tl.load(step_rows + step)
-        start_m = (row_code >> 2) * BLOCK_M
-        if (row_code & 1) != 0:
-            # A new query tile: its Q, and an empty softmax state.
-            q = load_rows(q_base, start_m, offs_m, offs_d, stride_qm, stride_qd, q_len, True, HEAD_DIM, HEAD_DIM_PADDED)
-            m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-            l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-            acc = tl.zeros([BLOCK_M, HEAD_DIM_PADDED], dtype=tl.float32)
-        # Full steps read no tile (the load is predicated off) and allow every pair; the
-        # placeholder step of an empty row allows none.
-        tile_base = tiles + tl.cast(tl.maximum(tile_id, 0), tl.int64) * (MASK_BLOCK_M * MASK_BLOCK_N)
-        tile_ptrs = tile_base + ((start_m % MASK_BLOCK_M) + offs_m)[:, None] * MASK_BLOCK_N + ((start_n % MASK_BLOCK_N) + offs_n)[None, :]
-        in_partial = tl.full([BLOCK_M, BLOCK_N], tile_id, tl.int32) >= 0
-        allowed = (tl.load(tile_ptrs, mask=in_partial, other=1) != 0) & (tile_id != _EMPTY_ROW_STEP)
-        acc, m_i, l_i = _online_softmax_step(
-            acc, m_i, l_i, q, k_base, v_base, start_n, offs_n, offs_d,
-            stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, allowed,
-            _TILE_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
-        )  # fmt: skip
-        if (row_code & 2) != 0:
-            out, lse = _finish_rows(acc, m_i, l_i)
-            store_rows(o_base, start_m, offs_m, offs_d, stride_om, stride_od, q_len, out.to(Out.dtype.element_ty), HEAD_DIM)
-            tl.store(lse_base + start_m + offs_m, lse, mask=(start_m + offs_m) < q_len)
 
 
 def attention_forward(
@@ -378,33 +297,6 @@ def attention_forward(
         out = new_output(q.shape, q.dtype, q.device)
     if lse is None:
         lse = new_output((batch, n_q_heads, q_len), torch.float32, q.device)
-    use_tma = config.tma if config.tma is not None else tma_supported(q, k, v)
-    if use_tma:
-        install_descriptor_allocator()
-    precision = dot_precision(q.dtype, allow_tf32)
-    stream_per_sm = streamed_programs_per_sm(config, mask, q.device)
-    if stream_per_sm:
-        n_parts = stream_parts(triton.cdiv(q_len, config.block_m), batch * n_q_heads, stream_per_sm, q.device)
-        table = row_step_table(mask, config.block_m, config.block_n, n_parts)
-        with on_device_of(q):
-            _streamed_forward_kernel[(table.n_parts, batch * n_q_heads)](
-                q, k, v, out, lse,
-                table.step_keys, table.step_tiles, table.step_rows, table.part_bounds, mask.tiles,
-                *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-                n_q_heads, q_len, kv_len, scale * LOG2E,
-                GROUP_SIZE=n_q_heads // n_kv_heads,
-                HEAD_DIM=head_dim,
-                HEAD_DIM_PADDED=padded,
-                BLOCK_M=config.block_m,
-                BLOCK_N=config.block_n,
-                MASK_BLOCK_M=mask.block_m,
-                MASK_BLOCK_N=mask.block_n,
-                USE_TMA=use_tma,
-                DOT_PRECISION=precision,
-                num_warps=config.num_warps,
-                num_stages=config.num_stages,
-            )  # fmt: skip
-        return out, lse
     schedule = config.schedule or auto_schedule(mask, by_rows=True)
     plan = plan_for(config, mask, schedule, batch * n_q_heads, q.device, by_rows=True)
     grid = launch_grid(q_len, config.block_m, mask.block_m, batch * n_q_heads, schedule, mask.is_dense, plan)
@@ -414,6 +306,9 @@ def attention_forward(
     else:
         out_part = lse_part = out  # unused
     row_lists = row_list_arguments(mask, q.device)
+    use_tma = config.tma if config.tma is not None else tma_supported(q, k, v)
+    if use_tma:
+        install_descriptor_allocator()
     with on_device_of(q):
         _attention_forward_kernel[grid](
             q, k, v, out, lse, out_part, lse_part,
@@ -432,7 +327,7 @@ def attention_forward(
             FULL_RUNS=plan is None and walk_full_blocks_as_runs(config, mask),
             SPLIT=plan is not None,
             USE_TMA=use_tma,
-            DOT_PRECISION=precision,
+            DOT_PRECISION=dot_precision(q.dtype, allow_tf32),
             num_warps=config.num_warps,
             num_stages=config.num_stages,
         )  # fmt: skip

@@ -186,24 +186,3 @@ def test_long_lines_are_split_on_gpu():
     assert forward_plan is not None and forward_plan.n_split_lines >= 1
     for by_rows in (True, False):
         assert plan_for(backward_config, mask, Schedule(), 4, mask.device, by_rows) is not None
-
-
-@pytest.mark.parametrize(
-    "pattern, q_len, head_dim, tiles",
-    [("local(1k) & causal", 8192, 128, (64, 64, 4, 3)), ("butterfly(128)", 4096, 64, (128, 64, 4, 3)), ("causal - local(300)", 3000, 128, (128, 128, 8, 2))],
-)
-def test_streamed_forward_on_gpu(pattern, q_len, head_dim, tiles):
-    """The streamed forward (kernels/streamed.py; several query tiles a program, one loop) compiled
-    for the GPU, in bf16, against the oracle; the last case has rows with no key and a ragged end."""
-    from sparseflash.kernels.common import ForwardConfig
-    from sparseflash.kernels.forward import attention_forward
-
-    q, k, v, _, _ = make_inputs(1, 4, 2, q_len, q_len, head_dim, torch.bfloat16, seed=q_len)
-    mask = sparseflash.compile_mask(pattern, q_len, device="cuda")
-    allowed = sparseflash.parse(pattern).dense_mask(q_len, q_len, device="cuda")
-    scale = head_dim**-0.5
-    out, lse = attention_forward(q, k, v, mask, scale, config=ForwardConfig(*tiles, stream_per_sm=2))
-    ref_out, ref_lse = reference_attention(q, k, v, allowed, scale)
-    same_out, same_lse = reference_attention(q, k, v, allowed, scale, compute_dtype=torch.bfloat16)
-    check_close("out", out, same_out, ref_out, torch.bfloat16)
-    check_close("lse", lse, same_lse, ref_lse, torch.bfloat16)

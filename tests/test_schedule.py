@@ -13,7 +13,6 @@ from sparseflash.kernels.common import BackwardConfig, ForwardConfig, Schedule, 
 from sparseflash.kernels.forward import attention_forward  # noqa: E402
 import sparseflash.kernels.split as split  # noqa: E402
 from sparseflash.kernels.split import split_plan  # noqa: E402
-from sparseflash.kernels.streamed import row_step_table  # noqa: E402
 
 SCHEDULES = [Schedule(heavy, heads) for heavy in (False, True) for heads in (False, True)]
 
@@ -102,59 +101,6 @@ def test_tensor_descriptor_loads_match_the_oracle(pattern, q_len, kv_len, monkey
     mask = sparseflash.compile_mask(pattern, q_len, kv_len, block_m=32, block_n=32)
     allowed = sparseflash.parse(pattern).dense_mask(q_len, kv_len)
     check_kernels_against_oracle(q, k, v, dout, mask, allowed, split_blocks=2, tma=True)
-
-
-# Streamed forward (kernels/streamed.py): one program walks several query tiles in one loop. Rows
-# with no key at all (causal with Lq > Lk; "causal - local(10)" leaves row 0 empty), partial and
-# full blocks in one row, GQA, 16-row tiles in 32-blocks (two tiles a mask row), and one to several
-# programs a head (runs cut at row boundaries).
-@pytest.mark.parametrize("stream_per_sm", [1, 7])
-@pytest.mark.parametrize(
-    "pattern, q_len, kv_len, kv_heads",
-    [("local(20) + global(5)", 150, 150, 3), ("causal", 130, 90, 1), ("causal - local(10)", 97, 97, 3), ("butterfly(16)", 128, 128, 3)],
-)
-def test_streamed_forward_matches_the_oracle(pattern, q_len, kv_len, kv_heads, stream_per_sm, monkeypatch):
-    monkeypatch.setattr(kernels, "POISON_OUTPUTS", True)
-    gen = torch.Generator().manual_seed(q_len + stream_per_sm)
-    q = torch.randn(2, 3, q_len, 32, generator=gen)
-    k, v = (torch.randn(2, kv_heads, kv_len, 32, generator=gen) for _ in range(2))
-    mask = sparseflash.compile_mask(pattern, q_len, kv_len, block_m=32, block_n=32)
-    allowed = sparseflash.parse(pattern).dense_mask(q_len, kv_len)
-    scale = 32**-0.5
-    for tma in (False, True):
-        config = ForwardConfig(16, 16, 4, 1, tma=tma, stream_per_sm=stream_per_sm)
-        out, lse = attention_forward(q, k, v, mask, scale, config=config)
-        ref_out, ref_lse = reference_attention(q, k, v, allowed, scale)
-        same_out, same_lse = reference_attention(q, k, v, allowed, scale, compute_dtype=torch.float32)
-        check_close("out", out, same_out, ref_out, torch.float32)
-        check_close("lse", lse, same_lse, ref_lse, torch.float32)
-
-
-@pytest.mark.parametrize("n_parts", [1, 2, 5, 40])
-@pytest.mark.parametrize("pattern", ["local(50) + global(7) + strided(90)", "causal - local(40)"])
-def test_step_table_walks_every_listed_block_once_per_query_tile(pattern, n_parts):
-    mask = sparseflash.compile_mask(pattern, 300, 260, block_m=32, block_n=32)
-    table = row_step_table(mask, 16, 16, n_parts)
-    keys, tiles, rows = (t.tolist() for t in (table.step_keys, table.step_tiles, table.step_rows))
-    bounds = table.part_bounds.tolist()
-    assert bounds[0] == 0 and bounds[-1] == len(keys) and bounds == sorted(bounds) and len(bounds) == n_parts + 1
-    assert all(rows[b] & 1 for b in bounds[:-1] if b < len(keys)), "runs start at a query tile's first step"
-    full_offsets, full_indices = mask.full_kv_offsets.tolist(), mask.full_kv_indices.tolist()
-    partial_offsets, partial_indices = mask.partial_kv_offsets.tolist(), mask.partial_kv_indices.tolist()
-    partial_tiles = mask.partial_kv_tiles.tolist()
-    expected = []
-    for tile_row in range(-(-300 // 16)):
-        r = tile_row * 16 // 32
-        steps = [(b * 32 + c, -1) for b in full_indices[full_offsets[r] : full_offsets[r + 1]] for c in (0, 16)]
-        steps += [
-            (b * 32 + c, t)
-            for b, t in zip(partial_indices[partial_offsets[r] : partial_offsets[r + 1]], partial_tiles[partial_offsets[r] : partial_offsets[r + 1]])
-            for c in (0, 16)
-        ]
-        steps = steps or [(0, -2)]  # an empty row still gets one step, to store o = 0, lse = -inf
-        for i, (key, tile) in enumerate(steps):
-            expected.append((key, tile, tile_row * 4 + (i == 0) + 2 * (i == len(steps) - 1)))
-    assert list(zip(keys, tiles, rows)) == expected
 
 
 def check_kernels_against_oracle(q, k, v, dout, mask, allowed, schedule=Schedule(), full_runs=None, split_blocks=0, tma=False):
