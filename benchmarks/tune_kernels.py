@@ -2,15 +2,11 @@
 
     python benchmarks/tune_kernels.py                  # the default sweep (about 5 minutes on an H200)
     python benchmarks/tune_kernels.py --only fwd --cases dense-8k-d128
-    python benchmarks/tune_kernels.py --round 7 --only bwd --budget-s 200   # atomic dQ against the dQ kernel
 
 Times the launchers directly (``attention_forward`` / ``attention_backward`` with an explicit
 config), so the numbers are kernel time plus launch, no autograd. Every config's output is compared
 with the first config's before it is timed: a config that computes something else is reported as
 WRONG, not as fast. What it finds goes into ``kernels/common.py``'s default tables by hand.
-
-Round 7 times the backward in pairs, the same dK/dV tiles without and with ``atomic_dq`` (dQ added
-with atomics by the dK/dV kernel, no dQ kernel), and ends with a table of the pairs.
 """
 
 from __future__ import annotations
@@ -140,35 +136,6 @@ ROUND5_BACKWARD = [
 ]
 
 
-# Round 7: atomic dQ (``BackwardConfig.atomic_dq``) against the dQ kernel, the same dK/dV tiles.
-ROUND7_CASES = [
-    ("dense-8k-d128", "dense", 8192, 128, 2, 16),
-    ("dense-8k-d64", "dense", 8192, 64, 2, 32),
-    ("causal-32k-d128", "causal", 32768, 128, 1, 16),
-    ("local256+global4-32k-d128", "local(256)+global(4)", 32768, 128, 1, 16),
-    ("local1k&causal-32k-d128", "local(1k) & causal", 32768, 128, 1, 16),
-]
-# dK/dV tiles (block_m1, block_n1, warps, stages) tried after the case's default. (64, 128, 8
-# warps) is FlashAttention-2's dK/dV shape with atomic dQ; the dQ kernel of the deterministic
-# partner gets the transposed tiles (block_m2 = block_n1, block_n2 = block_m1), as the tables do.
-ROUND7_TILES = {
-    128: [(64, 128, 8, 2), (32, 128, 8, 2), (64, 64, 4, 3)],
-    64: [(64, 128, 8, 3), (32, 128, 4, 3), (64, 128, 8, 2)],
-}
-
-
-def round7_configs(mask, head_dim: int) -> list:
-    """Pairs: each config with ``atomic_dq=False``, then the same with ``atomic_dq=True``. The
-    first is the case's default config, so every result is compared with the default's."""
-    default = default_config(mask, False, head_dim)
-    configs = [default]
-    for m1, n1, warps, stages in ROUND7_TILES[head_dim]:
-        config = BackwardConfig(m1, n1, n1, m1, warps, stages)
-        if config not in configs:
-            configs.append(config)
-    return [with_field(c, "atomic_dq", atomic) for c in configs for atomic in (False, True)]
-
-
 # Round 6: short rows on 64x64 mask blocks against 128x128, the default kernel configs.
 ROUND6_CASES = [
     (f"{name}-mask{block}", pattern, n, d, b, h, block)
@@ -205,13 +172,6 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
 
 
-# A config whose result differs from the reference by more than this (relative_error, a norm over
-# the whole tensor) is WRONG. Correct bf16 results of other tiles, or of atomic dQ (another order
-# of float32 additions, then the same bf16 rounding), differ by rounding only: ~1e-3 and below.
-# A lost or misplaced tile of a real mask moves the norm by far more.
-MAX_RELATIVE_ERROR = 2e-2
-
-
 def with_schedule(config, schedule):
     return with_field(config, "schedule", schedule)
 
@@ -228,7 +188,7 @@ def tune_case(name, pattern, n, head_dim, batch, heads, only, rows, deadline, ma
         schedules = [None]  # the launchers' own choice (auto_schedule)
     reference = None
     if only in ("fwd", "both"):
-        for config in {1: FORWARD_CONFIGS[head_dim], 2: ROUND2_FORWARD, 3: round3_configs(mask, True), 4: [default_config(mask, True)], 5: ROUND5_FORWARD, 6: [default_config(mask, True, head_dim)], 7: [default_config(mask, True, head_dim)]}[ROUND]:
+        for config in {1: FORWARD_CONFIGS[head_dim], 2: ROUND2_FORWARD, 3: round3_configs(mask, True), 4: [default_config(mask, True)], 5: ROUND5_FORWARD, 6: [default_config(mask, True, head_dim)]}[ROUND]:
             for schedule in schedules:
                 if time.monotonic() > deadline:
                     return
@@ -246,8 +206,7 @@ def tune_case(name, pattern, n, head_dim, batch, heads, only, rows, deadline, ma
     if only in ("bwd", "both"):
         out, lse = attention_forward(q, k, v, mask, scale)
         reference = None
-        partner = None  # round 7: (config without atomic_dq, its grads), for the atomic config after it
-        for config in {1: BACKWARD_CONFIGS[head_dim], 2: ROUND2_BACKWARD, 3: round3_configs(mask, False), 4: [default_config(mask, False)], 5: ROUND5_BACKWARD, 6: [default_config(mask, False, head_dim)], 7: round7_configs(mask, head_dim)}[ROUND]:
+        for config in {1: BACKWARD_CONFIGS[head_dim], 2: ROUND2_BACKWARD, 3: round3_configs(mask, False), 4: [default_config(mask, False)], 5: ROUND5_BACKWARD, 6: [default_config(mask, False, head_dim)]}[ROUND]:
             for schedule in schedules[:2]:
                 if time.monotonic() > deadline:
                     return
@@ -258,56 +217,16 @@ def tune_case(name, pattern, n, head_dim, batch, heads, only, rows, deadline, ma
                     error = max(relative_error(g, r) for g, r in zip(grads, reference))
                     ms = bench(lambda: attention_backward(dout, q, k, v, out, lse, mask, scale, config=config_s))
                     row = dict(case=name, pass_="bwd", config=repr(config_s), ms=ms, tflops=2.5 * flops / ms * 1e-9, error=error)
-                    if config_s.atomic_dq is not None:
-                        row.update(atomic_dq=config_s.atomic_dq, tiles=tiles_of(config_s))
-                        if not config_s.atomic_dq:
-                            partner = (with_field(config_s, "atomic_dq", True), grads)
-                        elif partner is not None and partner[0] == config_s:
-                            # Against the dQ kernel with the same dK/dV tiles: dQ differs by rounding
-                            # only, and dK, dV come from the same dK/dV code (the same bits, unless
-                            # the compiler orders the products differently).
-                            row["dq_error_vs_partner"] = relative_error(grads[0], partner[1][0])
-                            row["dkdv_same_bits"] = all(torch.equal(g, p) for g, p in zip(grads[1:], partner[1][1:]))
                 except Exception as exc:  # noqa: BLE001
                     row = dict(case=name, pass_="bwd", config=repr(config_s), error_text=str(exc).splitlines()[0][:120])
                 rows.append(row)
                 print(format_row(row), flush=True)
 
 
-def tiles_of(config) -> str:
-    return f"{config.block_m1}x{config.block_n1} w{config.num_warps} s{config.num_stages}"
-
-
-def is_wrong(row) -> bool:
-    return row["error"] > MAX_RELATIVE_ERROR or row.get("dq_error_vs_partner", 0.0) > MAX_RELATIVE_ERROR
-
-
-def print_atomic_pairs(rows):
-    """Round 7's table: each case and dK/dV tiles, the backward with the dQ kernel and with atomic dQ."""
-    timed = {(r["case"], r["tiles"], r["atomic_dq"]): r for r in rows if "tiles" in r}
-    print("\natomic dQ against the dQ kernel (same dK/dV tiles; speedup = dQ kernel ms / atomic ms):")
-    print(f"{'case':<28} {'dK/dV tiles':<16} {'dQ kernel':>10}  {'atomic':>10}  {'speedup':>8}  {'dq err':>8}  dK/dV bits")
-    for case, tiles in dict.fromkeys((r["case"], r["tiles"]) for r in rows if "tiles" in r):
-        kernel, atomic = timed.get((case, tiles, False)), timed.get((case, tiles, True))
-
-        def cell(r):  # 11 characters
-            if r is None:
-                return f"{'-':>10} "
-            if "ms" not in r:
-                return f"{'FAILED':>10} "
-            return f"{r['ms']:7.3f} ms" + ("!" if is_wrong(r) else " ")
-
-        speedup = f"{kernel['ms'] / atomic['ms']:7.2f}x" if kernel and atomic and "ms" in kernel and "ms" in atomic else f"{'-':>8}"
-        dq_error = f"{atomic['dq_error_vs_partner']:8.1e}" if atomic and "dq_error_vs_partner" in atomic else f"{'-':>8}"
-        same = {True: "same", False: "differ"}.get(atomic.get("dkdv_same_bits") if atomic else None, "-")
-        print(f"{case:<28} {tiles:<16} {cell(kernel)} {cell(atomic)} {speedup}  {dq_error}  {same}")
-    print(f"(!: WRONG, off the default config's result or the partner's by more than {MAX_RELATIVE_ERROR:g}; dq err: against the partner)")
-
-
 def format_row(row) -> str:
     if "error_text" in row:
         return f"{row['case']:<28} {row['pass_']}  FAILED  {row['config']}: {row['error_text']}"
-    flag = "WRONG " if is_wrong(row) else ""
+    flag = "WRONG " if row["error"] > 2e-2 else ""
     return f"{row['case']:<28} {row['pass_']}  {row['ms']:8.3f} ms  {row['tflops']:6.1f} TF/s  {flag}{row['config']}"
 
 
@@ -315,7 +234,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=["fwd", "bwd", "both"], default="both")
     parser.add_argument("--cases", help="comma-separated case names (default: all)")
-    parser.add_argument("--round", type=int, choices=[1, 2, 3, 4, 5, 6, 7], default=1, help="1: broad sweep; 2: around round 1's winners; 3: full blocks as runs or as a list; 4: the defaults alone; 5: head dim 64, long rows; 6: short rows on 64x64 mask blocks; 7: atomic dQ against the dQ kernel (backward; use --only bwd)")
+    parser.add_argument("--round", type=int, choices=[1, 2, 3, 4, 5, 6], default=1, help="1: broad sweep; 2: around round 1's winners; 3: full blocks as runs or as a list; 4: the defaults alone; 5: head dim 64, long rows; 6: short rows on 64x64 mask blocks")
     parser.add_argument("--budget-s", type=float, default=480, help="stop timing after this many seconds")
     args = parser.parse_args(argv)
     deadline = time.monotonic() + args.budget_s
@@ -323,18 +242,16 @@ def main(argv=None) -> int:
     ROUND = args.round
     chosen = set(args.cases.split(",")) if args.cases else None
     rows = []
-    for case in {1: CASES, 2: ROUND2_CASES, 3: ROUND3_CASES, 4: ROUND3_CASES, 5: ROUND5_CASES, 6: ROUND6_CASES, 7: ROUND7_CASES}[ROUND]:
+    for case in {1: CASES, 2: ROUND2_CASES, 3: ROUND3_CASES, 4: ROUND3_CASES, 5: ROUND5_CASES, 6: ROUND6_CASES}[ROUND]:
         if chosen is None or case[0] in chosen:
             tune_case(*case[:6], args.only, rows, deadline, *case[6:])
     print("\nfastest per case and pass:")
     for key in sorted({(r["case"], r["pass_"]) for r in rows}):
-        timed = [r for r in rows if (r["case"], r["pass_"]) == key and "ms" in r and not is_wrong(r)]
+        timed = [r for r in rows if (r["case"], r["pass_"]) == key and "ms" in r and r["error"] <= 2e-2]
         if timed:
             best = min(timed, key=lambda r: r["ms"])
             first = timed[0]
             print(f"{key[0]:<28} {key[1]}  {best['ms']:8.3f} ms ({first['ms'] / best['ms']:.2f}x the first)  {best['config']}")
-    if ROUND == 7:
-        print_atomic_pairs(rows)
     out_dir = os.environ.get("OUT")
     if out_dir:
         with open(os.path.join(out_dir, "tune.json"), "w") as f:

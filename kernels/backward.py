@@ -1,5 +1,4 @@
-"""Block-sparse FlashAttention backward: preprocess, dK/dV and dQ; deterministic unless dQ is
-summed with atomics (``atomic_dq``).
+"""Block-sparse FlashAttention backward: preprocess, dK/dV and dQ, deterministic (no atomics).
 
 Notation: see ``common.py``. With ``s = scale * q . k`` on allowed pairs, ``p = exp(s - lse)``:
 
@@ -15,11 +14,6 @@ Notation: see ``common.py``. With ``s = scale * q . k`` on allowed pairs, ``p = 
   mask (full query blocks, then partial ones) in BLOCK_M1-row steps. Each dK/dV row is written by
   exactly one program: no atomics, the same bits on every run.
 - dQ: one program per (kernel query tile, batch * q head) walking the query block's row of the mask.
-  It recomputes q.k and dO.v: 7 block products per allowed (query tile, key tile) pair in all.
-- Atomic dQ (``use_atomic_dq``; FlashAttention-2's CUDA backward): each dK/dV step also forms its
-  query tile's share ``scale * dS^T k`` and adds it with float32 atomics into a zeroed
-  (B, Hq, Lq, D) buffer; the dQ kernel is skipped. 5 products instead of 7, but the order of the
-  additions into a dQ row, and so its rounding, changes from run to run.
 
 [Note] Probabilities are recomputed from the saved lse in base 2: ``p = exp2(s2 - lse * log2(e))``
 with ``s2 = q.k * scale * log2(e)``. A fully masked row has lse = -inf; there it is replaced by
@@ -102,7 +96,6 @@ def _dkdv_step(
     do_base,
     lse_base,
     delta_base,
-    dq_base,
     start_m,
     offs_m,
     offs_d,
@@ -110,26 +103,18 @@ def _dkdv_step(
     stride_qd,
     stride_dom,
     stride_dod,
-    stride_dqm,
-    stride_dqd,
     q_len,
     qk_scale,
-    scale,
     allowed_t,
-    keys_in_bounds,
     MASK_MODE: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     HEAD_DIM_PADDED: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     USE_TMA: tl.constexpr,
-    ATOMIC_DQ: tl.constexpr,
-    MASK_KEYS: tl.constexpr,
 ):
-    """Add the contribution of queries ``start_m + offs_m`` to one key tile's dK and dV, and with
-    ATOMIC_DQ the key tile's contribution to those queries' dQ (atomically, into ``dq_base``).
+    """Add the contribution of queries ``start_m + offs_m`` to one key tile's dK and dV.
 
-    ``q_base``/``do_base``: pointers, or with USE_TMA tensor descriptors (rows past q_len read 0).
-    ``keys_in_bounds`` [BLOCK_N]: with MASK_KEYS, which of the tile's keys lie before kv_len."""
+    ``q_base``/``do_base``: pointers, or with USE_TMA tensor descriptors (rows past q_len read 0)."""
     if USE_TMA:
         q = q_base.load([start_m, 0])  # [BLOCK_M, D]
         do = do_base.load([start_m, 0])  # [BLOCK_M, D]
@@ -148,55 +133,17 @@ def _dkdv_step(
     scores_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_N, BLOCK_M], base 2
     if MASK_MODE == _TILE_MASK:
         scores_t = tl.where(allowed_t, scores_t, float("-inf"))
-    if MASK_KEYS:
-        # Zero keys past kv_len would give p = exp2(-lse2), which can overflow, and inf * 0 in the
-        # dQ product below is NaN (dK/dV rows of those keys are never stored: harmless there).
-        scores_t = tl.where(keys_in_bounds[:, None], scores_t, float("-inf"))
     p_t = tl.math.exp2(scores_t - lse2[None, :])  # [BLOCK_N, BLOCK_M]
     dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PRECISION)  # accumulates in place
     dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # [BLOCK_N, BLOCK_M]
-    ds_t = (p_t * (dp_t - delta[None, :])).to(q.dtype)  # rounded as the dQ kernel rounds dS
-    dk = tl.dot(ds_t, q, dk, input_precision=DOT_PRECISION)
-    if ATOMIC_DQ:
-        # Scaled here, in float32 (BLOCK_M x D multiplies a step, against the step's five products
-        # of BLOCK_M x BLOCK_N x D), so the buffer holds dQ itself and needs no pass of its own.
-        dq = tl.dot(tl.trans(ds_t), k, input_precision=DOT_PRECISION) * scale  # [BLOCK_M, D]
-        _atomic_add_rows(dq_base, start_m, offs_m, offs_d, stride_dqm, stride_dqd, q_len, dq, MASK_MODE != 0, HEAD_DIM, HEAD_DIM_PADDED)
+    ds_t = p_t * (dp_t - delta[None, :])
+    dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
     return dk, dv
 
 
 @triton.jit
-def _atomic_add_rows(
-    base,
-    first_row,
-    offs_rows,
-    offs_d,
-    stride_row,
-    stride_d,
-    n_rows,
-    tile,
-    CHECK_ROWS: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    HEAD_DIM_PADDED: tl.constexpr,
-):
-    """Add a float32 [ROWS, HEAD_DIM_PADDED] tile to rows ``first_row + offs_rows`` of a float32
-    (rows, HEAD_DIM) matrix with relaxed atomics: below ``n_rows`` (when CHECK_ROWS; whole tiles
-    lie inside) and HEAD_DIM only. Rows past ``n_rows`` would belong to the next head, or to no
-    tensor at all."""
-    row_base = base + tl.cast(first_row, tl.int64) * stride_row
-    ptrs = row_base + offs_rows[:, None] * stride_row + offs_d[None, :] * stride_d
-    if CHECK_ROWS:
-        in_bounds = ((first_row + offs_rows)[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM)
-        tl.atomic_add(ptrs, tile, mask=in_bounds, sem="relaxed")
-    elif HEAD_DIM == HEAD_DIM_PADDED:
-        tl.atomic_add(ptrs, tile, sem="relaxed")
-    else:
-        tl.atomic_add(ptrs, tile, mask=(offs_d < HEAD_DIM)[None, :], sem="relaxed")
-
-
-@triton.jit
 def _attention_backward_dkdv_kernel(
-    Q, K, V, DOut, Lse, Delta, DK, DV, DKPart, DVPart, DQAccum,
+    Q, K, V, DOut, Lse, Delta, DK, DV, DKPart, DVPart,
     full_q_offsets, full_q_indices, full_q_run_offsets, full_q_run_starts, full_q_run_ends,
     partial_q_offsets, partial_q_indices, partial_q_tiles, tiles,
     item_lines, item_begins, item_ends, item_slots,
@@ -206,7 +153,6 @@ def _attention_backward_dkdv_kernel(
     stride_dob, stride_doh, stride_dom, stride_dod,
     stride_dkb, stride_dkh, stride_dkn, stride_dkd,
     stride_dvb, stride_dvh, stride_dvn, stride_dvd,
-    stride_dqb, stride_dqh, stride_dqm, stride_dqd,
     n_kv_heads, n_batch_heads, q_len, kv_len, qk_scale, scale,
     GROUP_SIZE: tl.constexpr,
     HEAD_DIM: tl.constexpr,
@@ -222,12 +168,7 @@ def _attention_backward_dkdv_kernel(
     FULL_RUNS: tl.constexpr,
     SPLIT: tl.constexpr,
     USE_TMA: tl.constexpr,
-    ATOMIC_DQ: tl.constexpr,
-    MASK_KEYS: tl.constexpr,
 ):  # fmt: skip
-    """One key tile's dK and dV; with ATOMIC_DQ also its atomic share of dQ (float32 DQAccum,
-    (B, Hq, Lq, HEAD_DIM)). MASK_KEYS: a dense walk whose last key tile reaches past kv_len masks
-    those keys (only needed with ATOMIC_DQ; sparse walks mask them through partial tiles)."""
     start_n, batch_head, item_begin, item_end, slot = program_item(
         item_lines, item_begins, item_ends, item_slots, BLOCK_N, MASK_BLOCK_N, HEAVY_FIRST, HEADS_FASTEST, SPLIT
     )
@@ -244,7 +185,6 @@ def _attention_backward_dkdv_kernel(
     v = load_rows(v_base, start_n, offs_n, offs_d, stride_vn, stride_vd, kv_len, True, HEAD_DIM, HEAD_DIM_PADDED)  # [BLOCK_N, D]
     dk = tl.zeros([BLOCK_N, HEAD_DIM_PADDED], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM_PADDED], dtype=tl.float32)
-    keys_in_bounds = (start_n + offs_n) < kv_len  # read only with MASK_KEYS
 
     mask_col = start_n // MASK_BLOCK_N
     col_in_tile = start_n % MASK_BLOCK_N
@@ -265,22 +205,21 @@ def _attention_backward_dkdv_kernel(
         row_base = (tl.cast(batch, tl.int64) * n_kv_heads * GROUP_SIZE + q_head) * q_len
         lse_base = Lse + row_base
         delta_base = Delta + row_base
-        dq_base = DQAccum + tl.cast(batch, tl.int64) * stride_dqb + tl.cast(q_head, tl.int64) * stride_dqh
         if IS_DENSE:
-            # Key rows past kv_len are not masked (unless MASK_KEYS): their dK/dV rows are never
-            # stored, and each row of dK/dV depends on its own key only.
+            # Key rows past kv_len are not masked: their dK/dV rows are never stored, and each
+            # row of dK/dV depends on its own key only.
             n_whole_tiles = q_len // BLOCK_M
             for tile in range(0, n_whole_tiles):
                 dk, dv = _dkdv_step(
-                    dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, tile * BLOCK_M, offs_m, offs_d,
-                    stride_qm, stride_qd, stride_dom, stride_dod, stride_dqm, stride_dqd, q_len, qk_scale, scale, 0, keys_in_bounds,
-                    _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, ATOMIC_DQ, MASK_KEYS,
+                    dk, dv, k, v, q_base, do_base, lse_base, delta_base, tile * BLOCK_M, offs_m, offs_d,
+                    stride_qm, stride_qd, stride_dom, stride_dod, q_len, qk_scale, 0,
+                    _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
                 )  # fmt: skip
             if n_whole_tiles * BLOCK_M < q_len:
                 dk, dv = _dkdv_step(
-                    dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, n_whole_tiles * BLOCK_M, offs_m, offs_d,
-                    stride_qm, stride_qd, stride_dom, stride_dod, stride_dqm, stride_dqd, q_len, qk_scale, scale, 0, keys_in_bounds,
-                    _BOUNDS_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, ATOMIC_DQ, MASK_KEYS,
+                    dk, dv, k, v, q_base, do_base, lse_base, delta_base, n_whole_tiles * BLOCK_M, offs_m, offs_d,
+                    stride_qm, stride_qd, stride_dom, stride_dod, q_len, qk_scale, 0,
+                    _BOUNDS_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
                 )  # fmt: skip
         else:
             if FULL_RUNS:
@@ -292,18 +231,18 @@ def _attention_backward_dkdv_kernel(
                     last_query = tl.load(full_q_run_ends + run) * MASK_BLOCK_M
                     for start_m in range(first_query, last_query, BLOCK_M):
                         dk, dv = _dkdv_step(
-                            dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, start_m, offs_m, offs_d,
-                            stride_qm, stride_qd, stride_dom, stride_dod, stride_dqm, stride_dqd, q_len, qk_scale, scale, 0, keys_in_bounds,
-                            _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, ATOMIC_DQ, MASK_KEYS,
+                            dk, dv, k, v, q_base, do_base, lse_base, delta_base, start_m, offs_m, offs_d,
+                            stride_qm, stride_qd, stride_dom, stride_dod, q_len, qk_scale, 0,
+                            _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
                         )  # fmt: skip
             else:
                 for step in range(full_begin * M_STEPS, full_end * M_STEPS):
                     q_block = tl.load(full_q_indices + step // M_STEPS)
                     start_m = q_block * MASK_BLOCK_M + (step % M_STEPS) * BLOCK_M
                     dk, dv = _dkdv_step(
-                        dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, start_m, offs_m, offs_d,
-                        stride_qm, stride_qd, stride_dom, stride_dod, stride_dqm, stride_dqd, q_len, qk_scale, scale, 0, keys_in_bounds,
-                        _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, ATOMIC_DQ, MASK_KEYS,
+                        dk, dv, k, v, q_base, do_base, lse_base, delta_base, start_m, offs_m, offs_d,
+                        stride_qm, stride_qd, stride_dom, stride_dod, q_len, qk_scale, 0,
+                        _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
                     )  # fmt: skip
             for step in range(partial_begin * M_STEPS, partial_end * M_STEPS):
                 q_block = tl.load(partial_q_indices + step // M_STEPS)
@@ -314,10 +253,9 @@ def _attention_backward_dkdv_kernel(
                     tiles, tile_id, row_in_tile, col_in_tile, offs_m[None, :], offs_n[:, None], MASK_BLOCK_M, MASK_BLOCK_N
                 )
                 dk, dv = _dkdv_step(
-                    dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, q_block * MASK_BLOCK_M + row_in_tile,
-                    offs_m, offs_d, stride_qm, stride_qd, stride_dom, stride_dod, stride_dqm, stride_dqd, q_len, qk_scale, scale,
-                    allowed_t, keys_in_bounds,
-                    _TILE_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, ATOMIC_DQ, MASK_KEYS,
+                    dk, dv, k, v, q_base, do_base, lse_base, delta_base, q_block * MASK_BLOCK_M + row_in_tile,
+                    offs_m, offs_d, stride_qm, stride_qd, stride_dom, stride_dod, q_len, qk_scale, allowed_t,
+                    _TILE_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
                 )  # fmt: skip
 
     dk = dk * scale
@@ -509,24 +447,6 @@ def _attention_backward_dq_kernel(
         store_rows(dq_base, start_m, offs_m, offs_d, stride_dqm, stride_dqd, q_len, dq.to(DQ.dtype.element_ty), HEAD_DIM)
 
 
-# Whether dQ is summed with atomics when neither the config nor the caller decides (a caller that
-# asks for determinism always gets the dQ kernel). False for now: the lead sets the rule (always,
-# never, or by head dim and row class) after timing both on the GPU with
-# ``benchmarks/tune_kernels.py --round 7``.
-ATOMIC_DQ_BY_DEFAULT = False
-
-
-def use_atomic_dq(config: BackwardConfig, deterministic: bool) -> bool:
-    """Whether the backward sums dQ with atomics in the dK/dV kernel: ``config.atomic_dq`` when
-    set (an explicit config wins, even over ``deterministic``: it is the benchmarks' and tests'
-    knob); otherwise never when ``deterministic``, else ``ATOMIC_DQ_BY_DEFAULT``."""
-    if config.atomic_dq is not None:
-        return config.atomic_dq
-    if deterministic:
-        return False
-    return ATOMIC_DQ_BY_DEFAULT
-
-
 def attention_backward(
     dout: torch.Tensor,
     q: torch.Tensor,
@@ -541,27 +461,26 @@ def attention_backward(
     allow_tf32: bool = False,
     config: BackwardConfig | None = None,
     preprocess_block_m: int = 64,
-    deterministic: bool = True,
 ):
-    """Launch the backward kernels. Returns ``(dq, dk, dv)`` shaped and typed like q, k, v.
+    """Launch the three backward kernels. Returns ``(dq, dk, dv)`` shaped and typed like q, k, v.
 
     ``out`` and ``lse`` are the forward's results; ``dlse`` (B, Hq, Lq), if given, is the gradient
-    of the lse output. ``config`` overrides tiles and launch settings. ``deterministic=False``
-    allows dQ to be summed with atomics (:func:`use_atomic_dq`): the same values up to rounding,
-    whose last bits may differ between runs. dK and dV are deterministic either way.
+    of the lse output. ``config`` overrides tiles and launch settings.
     """
     batch, n_q_heads, q_len, head_dim = q.shape
     n_kv_heads, kv_len = k.shape[1], k.shape[2]
     padded = head_dim_padded(head_dim)
     if config is None:
         config = default_backward_config(padded, q.dtype, mask)
-    atomic_dq = use_atomic_dq(config, deterministic)
-    tiles = [("block_m1", config.block_m1, mask.block_m), ("block_n1", config.block_n1, mask.block_n)]
-    if not atomic_dq:  # the dQ kernel's tiles
-        tiles += [("block_m2", config.block_m2, mask.block_m), ("block_n2", config.block_n2, mask.block_n)]
-    for name, tile, mask_block in tiles:
+    for name, tile, mask_block in (
+        ("block_m1", config.block_m1, mask.block_m),
+        ("block_n1", config.block_n1, mask.block_n),
+        ("block_m2", config.block_m2, mask.block_m),
+        ("block_n2", config.block_n2, mask.block_n),
+    ):
         check_tile(name, tile, mask_block, mask.is_dense)
     precision = dot_precision(q.dtype, allow_tf32)
+    row_schedule = config.schedule or auto_schedule(mask, by_rows=True)
     column_schedule = config.schedule or auto_schedule(mask, by_rows=False)
     group_size = n_q_heads // n_kv_heads
     lse = lse.contiguous()  # written by our forward, so already contiguous: no copy in practice
@@ -569,10 +488,9 @@ def attention_backward(
     delta = new_output((batch, n_q_heads, q_len), torch.float32, q.device)
     if dlse is not None:
         dlse = dlse.to(torch.float32).contiguous()
+    dq = new_output(q.shape, q.dtype, q.device)
     dk = new_output(k.shape, k.dtype, k.device)
     dv = new_output(v.shape, v.dtype, v.device)
-    # Atomic dQ: float32 sums of every key tile's share, so zeros to start from (never poisoned).
-    dq_accum = torch.zeros((batch, n_q_heads, q_len, head_dim), dtype=torch.float32, device=q.device) if atomic_dq else dk
     full_runs = walk_full_blocks_as_runs(config, mask)
     use_tma = config.tma if config.tma is not None else tma_supported(q, k, v, dout)
     if use_tma:
@@ -611,29 +529,20 @@ def attention_backward(
             dk_part = dv_part = dk  # unused
         column_lists = column_list_arguments(mask, q.device)
         _attention_backward_dkdv_kernel[dkdv_grid](
-            q, k, v, dout, lse, delta, dk, dv, dk_part, dv_part, dq_accum,
+            q, k, v, dout, lse, delta, dk, dv, dk_part, dv_part,
             *column_lists[:-1], *item_arguments(column_plan, column_lists[-1]),
-            *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(), *dq_accum.stride(),
+            *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(),
             n_kv_heads, batch * n_kv_heads, q_len, kv_len, scale * LOG2E, scale,
             BLOCK_M=config.block_m1,
             BLOCK_N=config.block_n1,
             **schedule_constants(column_schedule, mask.is_dense),
             FULL_RUNS=column_plan is None and full_runs,
             SPLIT=column_plan is not None,
-            ATOMIC_DQ=atomic_dq,
-            # A dense walk's last key tile may reach past kv_len; only dQ reads those keys' rows.
-            MASK_KEYS=atomic_dq and mask.is_dense and kv_len % config.block_n1 != 0,
             **common,
         )  # fmt: skip
         if column_plan is not None:
             merge_sum(column_plan, dk_part, dk, mask.block_n)
             merge_sum(column_plan, dv_part, dv, mask.block_n)
-        if atomic_dq:
-            # Already scaled in the kernel; a new tensor in q's dtype (for float32 the buffer itself).
-            return dq_accum.to(q.dtype), dk, dv
-
-        row_schedule = config.schedule or auto_schedule(mask, by_rows=True)
-        dq = new_output(q.shape, q.dtype, q.device)
 
         row_plan = plan_for(config, mask, row_schedule, batch * n_q_heads, q.device, by_rows=True)
         dq_grid = launch_grid(q_len, config.block_m2, mask.block_m, batch * n_q_heads, row_schedule, mask.is_dense, row_plan)

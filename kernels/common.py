@@ -135,12 +135,7 @@ class ForwardConfig:
 @dataclass(frozen=True)
 class BackwardConfig:
     """Tiles of the two backward kernels: dK/dV holds ``block_n1`` keys and steps ``block_m1``
-    queries at a time; dQ holds ``block_m2`` queries and steps ``block_n2`` keys at a time.
-
-    ``atomic_dq``: the dK/dV kernel also adds each step's dQ into a float32 buffer with atomics and
-    the dQ kernel is skipped (``block_m2``, ``block_n2`` then go unused): fewer matrix products,
-    but dQ's summation order, hence its last bits, vary from run to run. None: the launcher
-    decides (``backward.use_atomic_dq``); an explicit value wins over ``deterministic``."""
+    queries at a time; dQ holds ``block_m2`` queries and steps ``block_n2`` keys at a time."""
 
     block_m1: int
     block_n1: int
@@ -152,7 +147,6 @@ class BackwardConfig:
     full_runs: bool | None = None  # walk full blocks as runs; None: walk_full_blocks_as_runs decides
     split_blocks: int | None = None  # split lines longer than this (split.py); None: auto, 0: never
     tma: bool | None = None  # tile loads through tensor descriptors; None: tma_supported decides
-    atomic_dq: bool | None = None  # dQ by atomic adds in the dK/dV kernel; None: use_atomic_dq decides
 
 
 # Measured on an H200 (bf16, benchmarks/tune_kernels.py, 2026-11-21; results in

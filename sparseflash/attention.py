@@ -36,7 +36,6 @@ def attention(
     block_n: int | None = None,
     allow_tf32: bool = False,
     backend: str = "auto",
-    deterministic: bool | None = None,
 ):
     """Block-sparse scaled dot-product attention, exact on the pairs the pattern allows.
 
@@ -57,14 +56,6 @@ def attention(
             by default float32 products are exact-precision.
         backend: ``"auto"`` (Triton kernels on CUDA, and on the CPU when ``TRITON_INTERPRET=1``;
             the plain-PyTorch blocked path otherwise), ``"triton"`` or ``"torch"``.
-        deterministic: whether the Triton backward must give the same bits on every run. It
-            controls one thing only: the order in which dQ's terms are summed. ``False`` lets
-            the backward add them with float32 atomics (fewer matrix products; the result differs
-            between runs by rounding only) where that is the faster way; ``True`` keeps the
-            fixed-order dQ kernel. ``None`` (default) follows
-            ``torch.are_deterministic_algorithms_enabled()`` when the backward runs, as PyTorch's
-            own attention does. The forward, dK, dV and the ``"torch"`` backend are
-            deterministic whatever this says.
 
     Returns:
         ``out`` ``(B, Hq, Lq, D)`` in q's dtype, and with ``return_lse`` also
@@ -97,13 +88,11 @@ def attention(
     batch, n_q_heads, q_len, head_dim = q.shape
     kv_len = k.shape[2]
     scale = _check_scale(scale, head_dim)
-    if deterministic is not None and not isinstance(deterministic, bool):
-        raise TypeError(f"attention: deterministic must be True, False or None, got {type(deterministic).__name__}")
     mask = _block_mask_for(pattern, q_len, kv_len, block_m, block_n, q.device)
 
     if _use_triton(q, backend):
         _check_kernel_mask(mask)
-        out, lse = _BlockSparseAttention.apply(q, k, v, mask, scale, allow_tf32, deterministic)
+        out, lse = _BlockSparseAttention.apply(q, k, v, mask, scale, allow_tf32)
     else:
         from .blocked_reference import blocked_attention
 
@@ -116,12 +105,12 @@ def attention(
 
 class _BlockSparseAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, mask, scale, allow_tf32, deterministic):
+    def forward(ctx, q, k, v, mask, scale, allow_tf32):
         from .kernels.forward import attention_forward
 
         out, lse = attention_forward(q, k, v, mask, scale, allow_tf32=allow_tf32)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.mask, ctx.scale, ctx.allow_tf32, ctx.deterministic = mask, scale, allow_tf32, deterministic
+        ctx.mask, ctx.scale, ctx.allow_tf32 = mask, scale, allow_tf32
         # Gradients of unused outputs arrive as None instead of materialised zeros.
         ctx.set_materialize_grads(False)
         return out, lse
@@ -134,12 +123,10 @@ class _BlockSparseAttention(torch.autograd.Function):
         if dout is None:
             # Only lse was used: dO = 0 leaves delta = -dlse, the rest of the algebra is unchanged.
             dout = torch.zeros_like(out)
-        # None: PyTorch's switch, read when the backward runs (as its own kernels read it).
-        deterministic = torch.are_deterministic_algorithms_enabled() if ctx.deterministic is None else ctx.deterministic
         dq, dk, dv = attention_backward(
-            dout, q, k, v, out, lse, ctx.mask, ctx.scale, dlse=dlse, allow_tf32=ctx.allow_tf32, deterministic=deterministic
+            dout, q, k, v, out, lse, ctx.mask, ctx.scale, dlse=dlse, allow_tf32=ctx.allow_tf32
         )
-        return dq, dk, dv, None, None, None, None
+        return dq, dk, dv, None, None, None
 
 
 # ---------------------------------------------------------------------------------------- checks
