@@ -142,6 +142,7 @@ def _attention_forward_kernel(
     HEAVY_FIRST: tl.constexpr,
     HEADS_FASTEST: tl.constexpr,
     FULL_RUNS: tl.constexpr,
+    LIST_SLOTS: tl.constexpr,
     SPLIT: tl.constexpr,
     USE_TMA: tl.constexpr,
 ):  # fmt: skip
@@ -221,6 +222,21 @@ def _attention_forward_kernel(
                         stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
                         _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
                     )  # fmt: skip
+        elif LIST_SLOTS > 0:
+            # The block list read LIST_SLOTS entries at a time into registers: each step's key
+            # offset is then a function of the loop counter alone, so the compiler can issue the
+            # K/V loads stages ahead (a list entry loaded inside the loop costs a pipeline stage).
+            slots = tl.arange(0, LIST_SLOTS)
+            for chunk in range(full_begin, full_end, LIST_SLOTS):
+                chunk_blocks = tl.load(full_kv_indices + chunk + slots, mask=chunk + slots < full_end, other=0)
+                for step in range(0, tl.minimum(full_end - chunk, LIST_SLOTS) * N_STEPS):
+                    kv_block = tl.sum(tl.where(slots == step // N_STEPS, chunk_blocks, 0), axis=0)
+                    start_n = kv_block * MASK_BLOCK_N + (step % N_STEPS) * BLOCK_N
+                    acc, m_i, l_i = _online_softmax_step(
+                        acc, m_i, l_i, q, k_base, v_base, start_n, offs_n, offs_d,
+                        stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
+                        _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
+                    )  # fmt: skip
         else:
             # Short rows: one flat loop over the listed blocks pipelines better than nested runs.
             for step in range(full_begin * N_STEPS, full_end * N_STEPS):
@@ -232,18 +248,37 @@ def _attention_forward_kernel(
                     _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
                 )  # fmt: skip
 
-        for step in range(partial_begin * N_STEPS, partial_end * N_STEPS):
-            kv_block = tl.load(partial_kv_indices + step // N_STEPS)
-            tile_id = tl.load(partial_kv_tiles + step // N_STEPS)
-            col_in_tile = (step % N_STEPS) * BLOCK_N
-            allowed = load_tile_mask(
-                tiles, tile_id, row_in_tile, col_in_tile, offs_m[:, None], offs_n[None, :], MASK_BLOCK_M, MASK_BLOCK_N
-            )  # [BLOCK_M, BLOCK_N]
-            acc, m_i, l_i = _online_softmax_step(
-                acc, m_i, l_i, q, k_base, v_base, kv_block * MASK_BLOCK_N + col_in_tile, offs_n, offs_d,
-                stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, allowed,
-                _TILE_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
-            )  # fmt: skip
+        if LIST_SLOTS > 0:
+            slots = tl.arange(0, LIST_SLOTS)
+            for chunk in range(partial_begin, partial_end, LIST_SLOTS):
+                in_chunk = chunk + slots < partial_end
+                chunk_blocks = tl.load(partial_kv_indices + chunk + slots, mask=in_chunk, other=0)
+                chunk_tiles = tl.load(partial_kv_tiles + chunk + slots, mask=in_chunk, other=0)
+                for step in range(0, tl.minimum(partial_end - chunk, LIST_SLOTS) * N_STEPS):
+                    kv_block = tl.sum(tl.where(slots == step // N_STEPS, chunk_blocks, 0), axis=0)
+                    tile_id = tl.sum(tl.where(slots == step // N_STEPS, chunk_tiles, 0), axis=0)
+                    col_in_tile = (step % N_STEPS) * BLOCK_N
+                    allowed = load_tile_mask(
+                        tiles, tile_id, row_in_tile, col_in_tile, offs_m[:, None], offs_n[None, :], MASK_BLOCK_M, MASK_BLOCK_N
+                    )  # [BLOCK_M, BLOCK_N]
+                    acc, m_i, l_i = _online_softmax_step(
+                        acc, m_i, l_i, q, k_base, v_base, kv_block * MASK_BLOCK_N + col_in_tile, offs_n, offs_d,
+                        stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, allowed,
+                        _TILE_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
+                    )  # fmt: skip
+        else:
+            for step in range(partial_begin * N_STEPS, partial_end * N_STEPS):
+                kv_block = tl.load(partial_kv_indices + step // N_STEPS)
+                tile_id = tl.load(partial_kv_tiles + step // N_STEPS)
+                col_in_tile = (step % N_STEPS) * BLOCK_N
+                allowed = load_tile_mask(
+                    tiles, tile_id, row_in_tile, col_in_tile, offs_m[:, None], offs_n[None, :], MASK_BLOCK_M, MASK_BLOCK_N
+                )  # [BLOCK_M, BLOCK_N]
+                acc, m_i, l_i = _online_softmax_step(
+                    acc, m_i, l_i, q, k_base, v_base, kv_block * MASK_BLOCK_N + col_in_tile, offs_n, offs_d,
+                    stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, allowed,
+                    _TILE_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
+                )  # fmt: skip
 
     # Rows with no allowed key: divide by 1 (acc is 0) and report lse = -inf. See [Note].
     has_key = l_i > 0.0
@@ -325,6 +360,7 @@ def attention_forward(
             IS_DENSE=mask.is_dense,
             **schedule_constants(schedule, mask.is_dense),
             FULL_RUNS=plan is None and walk_full_blocks_as_runs(config, mask),
+            LIST_SLOTS=config.list_slots or 0,
             SPLIT=plan is not None,
             USE_TMA=use_tma,
             DOT_PRECISION=dot_precision(q.dtype, allow_tf32),

@@ -103,6 +103,30 @@ def test_tensor_descriptor_loads_match_the_oracle(pattern, q_len, kv_len, monkey
     check_kernels_against_oracle(q, k, v, dout, mask, allowed, split_blocks=2, tma=True)
 
 
+# Block lists read a few entries at a time into registers (ForwardConfig.list_slots): rows longer
+# than the slots take several chunks, split items start mid-list, and "causal - local(10)" leaves
+# rows with no block at all.
+@pytest.mark.parametrize("list_slots", [2, 4, 16])
+@pytest.mark.parametrize(
+    "pattern, q_len, kv_len, split_blocks",
+    [("local(90) + global(5) + strided(50)", 200, 180, 0), ("causal - local(10)", 150, 150, 0), ("local(20) + global(5)", 200, 200, 3)],
+)
+def test_block_lists_in_registers_match_the_oracle(pattern, q_len, kv_len, split_blocks, list_slots, monkeypatch):
+    monkeypatch.setattr(kernels, "POISON_OUTPUTS", True)
+    gen = torch.Generator().manual_seed(q_len + list_slots)
+    q = torch.randn(1, 2, q_len, 32, generator=gen)
+    k, v = (torch.randn(1, 1, kv_len, 32, generator=gen) for _ in range(2))
+    mask = sparseflash.compile_mask(pattern, q_len, kv_len, block_m=32, block_n=32)
+    allowed = sparseflash.parse(pattern).dense_mask(q_len, kv_len)
+    scale = 32**-0.5
+    config = ForwardConfig(16, 16, 4, 1, Schedule(), None, split_blocks, list_slots=list_slots)
+    out, lse = attention_forward(q, k, v, mask, scale, config=config)
+    ref_out, ref_lse = reference_attention(q, k, v, allowed, scale)
+    same_out, same_lse = reference_attention(q, k, v, allowed, scale, compute_dtype=torch.float32)
+    check_close("out", out, same_out, ref_out, torch.float32)
+    check_close("lse", lse, same_lse, ref_lse, torch.float32)
+
+
 def check_kernels_against_oracle(q, k, v, dout, mask, allowed, schedule=Schedule(), full_runs=None, split_blocks=0, tma=False):
     scale = q.shape[-1] ** -0.5
     forward_config = ForwardConfig(16, 16, 4, 1, schedule, full_runs, split_blocks, tma)
