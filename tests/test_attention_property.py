@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from attention_oracle import check_close, forward_and_grads, reference_attention
-from hypothesis import HealthCheck, given, settings
+from attention_oracle import check_close, forward_and_grads, oracle_error_floors, reference_attention
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import sparseflash
@@ -14,10 +14,12 @@ import sparseflash.kernels.common as kernels_common  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::sparseflash.SparsityWarning")
 
-# derandomize: CI runs the same 40 examples every time. A random run once found a float32 case whose
-# dK should be exactly 0 and came out 3.1e-6 (floor 2.2e-6): the rounding floor does not yet scale
-# with the size of the terms that cancel (see the note on issue 5).
-@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# Random examples on every run (40, for CI time). Results are held to element-wise floors that
+# scale with the terms each element sums (``oracle_error_floors``), so gradients that cancel to ~0
+# out of large terms pass on their merits; the example below is one a random run found above the
+# older scalar floor (dK 4.2e-6 against 2.2e-6 where the exact dK is 0: every row has one key, so
+# dS = p * (dO.v - rowsum(dO * O)) cancels, and the kernel sums delta apart from dO.v).
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     text=pattern_trees(max_leaves=4),
     q_len=st.integers(1, 70),
@@ -26,6 +28,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::sparseflash.SparsityWarning")
     heads=st.sampled_from([(2, 1), (2, 2)]),
     seed=st.integers(0, 2**16),
 )
+@example(text="~(~(dense))", q_len=62, kv_len=1, block=32, heads=(2, 1), seed=344)
 def test_random_patterns_match_the_oracle(text, q_len, kv_len, block, heads, seed, monkeypatch):
     monkeypatch.setattr(kernels_common, "POISON_OUTPUTS", True)
     n_q_heads, n_kv_heads = heads
@@ -41,5 +44,6 @@ def test_random_patterns_match_the_oracle(text, q_len, kv_len, block, heads, see
     got = forward_and_grads(run, q, k, v, dout)
     oracle = forward_and_grads(lambda *t: reference_attention(*t, allowed), q, k, v, dout)
     same = forward_and_grads(lambda *t: reference_attention(*t, allowed, compute_dtype=torch.float32), q, k, v, dout)
+    floors = oracle_error_floors(q, k, v, dout, allowed, dtype=torch.float32)
     for name, g, s, o in zip(("out", "lse", "dq", "dk", "dv"), got, same, oracle):
-        check_close(name, g, s, o, torch.float32)
+        check_close(name, g, s, o, torch.float32, floor=floors[name])
