@@ -159,13 +159,13 @@ class BackwardConfig:
 FORWARD_DEFAULTS = {
     (64, True, "dense"): ForwardConfig(128, 64, num_warps=8, num_stages=3),
     (64, True, "long"): ForwardConfig(128, 64, num_warps=4, num_stages=3),  # causal 8k: 1.93 -> 1.54 ms
-    # Short rows read their block lists into registers (list_slots): 1.12x / 1.15x on
-    # local(1k) & causal / butterfly(128) at 32k (benchmarks/short_rows.py, results/short_rows.json).
+    # Short rows read their block lists into registers (list_slots): 1.11-1.12x / 1.14-1.15x on
+    # local(1k) & causal / butterfly(128) at 32k, two runs (benchmarks/short_rows.py, results/short_rows*.json).
     (64, True, "short"): ForwardConfig(128, 64, num_warps=4, num_stages=3, list_slots=16),
     (128, True, "dense"): ForwardConfig(128, 128, num_warps=8, num_stages=3),
     (128, True, "long"): ForwardConfig(128, 128, num_warps=8, num_stages=3),
-    # 1.04x / 1.07x / 1.04x on local(1k) & causal / butterfly(128) / local(256)+global(4) at 32k
-    # against the former 64 x 64, 4 warps, 3 stages (same run, results/short_rows.json).
+    # 1.04x / 1.07x / 1.03-1.04x on local(1k) & causal / butterfly(128) / local(256)+global(4) at 32k
+    # against the former 64 x 64, 4 warps, 3 stages (same runs, results/short_rows*.json).
     (128, True, "short"): ForwardConfig(128, 128, num_warps=8, num_stages=2, list_slots=16),
     (256, True, "dense"): ForwardConfig(64, 64, num_warps=8, num_stages=2),
     (256, True, "long"): ForwardConfig(64, 64, num_warps=8, num_stages=2),

@@ -120,6 +120,30 @@ def _online_softmax_step(
 
 
 @triton.jit
+def _list_entry(chunk_values, slots, slot):
+    """Entry ``slot`` of a block-list chunk held in registers (``slots`` = arange over the chunk)."""
+    return tl.sum(tl.where(slots == slot, chunk_values, 0), axis=0)
+
+
+@triton.jit
+def _partial_block_step(
+    acc, m_i, l_i, q, k_base, v_base, kv_block, tile_id, row_in_tile, col_in_tile, tiles, offs_m, offs_n, offs_d,
+    stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale,
+    MASK_BLOCK_M: tl.constexpr, MASK_BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PADDED: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
+):  # fmt: skip
+    """One step inside partial block ``kv_block``: its tile ``tile_id`` masks the scores."""
+    allowed = load_tile_mask(
+        tiles, tile_id, row_in_tile, col_in_tile, offs_m[:, None], offs_n[None, :], MASK_BLOCK_M, MASK_BLOCK_N
+    )  # [BLOCK_M, BLOCK_N]
+    return _online_softmax_step(
+        acc, m_i, l_i, q, k_base, v_base, kv_block * MASK_BLOCK_N + col_in_tile, offs_n, offs_d,
+        stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, allowed,
+        _TILE_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
+    )  # fmt: skip
+
+
+@triton.jit
 def _attention_forward_kernel(
     Q, K, V, Out, Lse, OutPart, LsePart,
     full_kv_offsets, full_kv_indices, full_kv_run_offsets, full_kv_run_starts, full_kv_run_ends,
@@ -230,7 +254,7 @@ def _attention_forward_kernel(
             for chunk in range(full_begin, full_end, LIST_SLOTS):
                 chunk_blocks = tl.load(full_kv_indices + chunk + slots, mask=chunk + slots < full_end, other=0)
                 for step in range(0, tl.minimum(full_end - chunk, LIST_SLOTS) * N_STEPS):
-                    kv_block = tl.sum(tl.where(slots == step // N_STEPS, chunk_blocks, 0), axis=0)
+                    kv_block = _list_entry(chunk_blocks, slots, step // N_STEPS)
                     start_n = kv_block * MASK_BLOCK_N + (step % N_STEPS) * BLOCK_N
                     acc, m_i, l_i = _online_softmax_step(
                         acc, m_i, l_i, q, k_base, v_base, start_n, offs_n, offs_d,
@@ -255,29 +279,21 @@ def _attention_forward_kernel(
                 chunk_blocks = tl.load(partial_kv_indices + chunk + slots, mask=in_chunk, other=0)
                 chunk_tiles = tl.load(partial_kv_tiles + chunk + slots, mask=in_chunk, other=0)
                 for step in range(0, tl.minimum(partial_end - chunk, LIST_SLOTS) * N_STEPS):
-                    kv_block = tl.sum(tl.where(slots == step // N_STEPS, chunk_blocks, 0), axis=0)
-                    tile_id = tl.sum(tl.where(slots == step // N_STEPS, chunk_tiles, 0), axis=0)
-                    col_in_tile = (step % N_STEPS) * BLOCK_N
-                    allowed = load_tile_mask(
-                        tiles, tile_id, row_in_tile, col_in_tile, offs_m[:, None], offs_n[None, :], MASK_BLOCK_M, MASK_BLOCK_N
-                    )  # [BLOCK_M, BLOCK_N]
-                    acc, m_i, l_i = _online_softmax_step(
-                        acc, m_i, l_i, q, k_base, v_base, kv_block * MASK_BLOCK_N + col_in_tile, offs_n, offs_d,
-                        stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, allowed,
-                        _TILE_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
+                    acc, m_i, l_i = _partial_block_step(
+                        acc, m_i, l_i, q, k_base, v_base,
+                        _list_entry(chunk_blocks, slots, step // N_STEPS), _list_entry(chunk_tiles, slots, step // N_STEPS),
+                        row_in_tile, (step % N_STEPS) * BLOCK_N, tiles, offs_m, offs_n, offs_d,
+                        stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale,
+                        MASK_BLOCK_M, MASK_BLOCK_N, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
                     )  # fmt: skip
         else:
             for step in range(partial_begin * N_STEPS, partial_end * N_STEPS):
-                kv_block = tl.load(partial_kv_indices + step // N_STEPS)
-                tile_id = tl.load(partial_kv_tiles + step // N_STEPS)
-                col_in_tile = (step % N_STEPS) * BLOCK_N
-                allowed = load_tile_mask(
-                    tiles, tile_id, row_in_tile, col_in_tile, offs_m[:, None], offs_n[None, :], MASK_BLOCK_M, MASK_BLOCK_N
-                )  # [BLOCK_M, BLOCK_N]
-                acc, m_i, l_i = _online_softmax_step(
-                    acc, m_i, l_i, q, k_base, v_base, kv_block * MASK_BLOCK_N + col_in_tile, offs_n, offs_d,
-                    stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, allowed,
-                    _TILE_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
+                acc, m_i, l_i = _partial_block_step(
+                    acc, m_i, l_i, q, k_base, v_base,
+                    tl.load(partial_kv_indices + step // N_STEPS), tl.load(partial_kv_tiles + step // N_STEPS),
+                    row_in_tile, (step % N_STEPS) * BLOCK_N, tiles, offs_m, offs_n, offs_d,
+                    stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale,
+                    MASK_BLOCK_M, MASK_BLOCK_N, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
                 )  # fmt: skip
 
     # Rows with no allowed key: divide by 1 (acc is 0) and report lse = -inf. See [Note].
@@ -326,6 +342,8 @@ def attention_forward(
         # The kernel scales row maxima, which needs scale > 0; scale * q.k is the same as
         # |scale| * (-q).k, and as 1 * 0.k for scale 0 (a rare case: it costs a copy of q).
         q, scale = (-q, -scale) if scale < 0 else (torch.zeros_like(q), 1.0)
+    if config.list_slots and (config.list_slots < 1 or config.list_slots & (config.list_slots - 1)):
+        raise ValueError(f"list_slots={config.list_slots}: must be a power of two (a register vector), or 0/None for none")
     check_tile("block_m", config.block_m, mask.block_m, mask.is_dense)
     check_tile("block_n", config.block_n, mask.block_n, mask.is_dense)
     if out is None:

@@ -127,6 +127,13 @@ def test_block_lists_in_registers_match_the_oracle(pattern, q_len, kv_len, split
     check_close("lse", lse, same_lse, ref_lse, torch.float32)
 
 
+def test_list_slots_must_be_a_power_of_two():
+    mask = sparseflash.compile_mask("local(20)", 64, block_m=32, block_n=32)
+    q = torch.randn(1, 1, 64, 16)
+    with pytest.raises(ValueError, match="list_slots=6"):
+        attention_forward(q, q, q, mask, 0.25, config=ForwardConfig(16, 16, 4, 1, list_slots=6))
+
+
 def check_kernels_against_oracle(q, k, v, dout, mask, allowed, schedule=Schedule(), full_runs=None, split_blocks=0, tma=False):
     scale = q.shape[-1] ** -0.5
     forward_config = ForwardConfig(16, 16, 4, 1, schedule, full_runs, split_blocks, tma)
