@@ -46,8 +46,11 @@ from .common import (
     row_list_arguments,
     schedule_constants,
     store_rows,
-    tma_supported,
-    install_descriptor_allocator,
+    TMA_DEVICE,
+    TMA_HOST,
+    tile_descriptor,
+    tma_mode,
+    prefer_host_descriptors,
 )
 from .split import item_arguments, item_block_ranges, merge_sum, new_scratch, plan_for, program_item, scratch_rows
 
@@ -94,6 +97,8 @@ def _dkdv_step(
     v,
     q_base,
     do_base,
+    batch,
+    q_head,
     lse_base,
     delta_base,
     start_m,
@@ -111,11 +116,16 @@ def _dkdv_step(
     HEAD_DIM_PADDED: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     USE_TMA: tl.constexpr,
+    BLOCK_M: tl.constexpr,
 ):
     """Add the contribution of queries ``start_m + offs_m`` to one key tile's dK and dV.
 
-    ``q_base``/``do_base``: pointers, or with USE_TMA tensor descriptors (rows past q_len read 0)."""
-    if USE_TMA:
+    ``q_base``/``do_base``: pointers to the head's rows, or with TMA_HOST (B, H, L, D) tensor
+    descriptors read at [batch, q_head], with TMA_DEVICE the head's descriptors (rows past q_len read 0)."""
+    if USE_TMA == TMA_HOST:
+        q = q_base.load([batch, q_head, start_m, 0]).reshape(BLOCK_M, HEAD_DIM)  # [BLOCK_M, D]
+        do = do_base.load([batch, q_head, start_m, 0]).reshape(BLOCK_M, HEAD_DIM)  # [BLOCK_M, D]
+    elif USE_TMA == TMA_DEVICE:
         q = q_base.load([start_m, 0])  # [BLOCK_M, D]
         do = do_base.load([start_m, 0])  # [BLOCK_M, D]
     else:
@@ -197,11 +207,16 @@ def _attention_backward_dkdv_kernel(
 
     for member in range(0, GROUP_SIZE):
         q_head = kv_head * GROUP_SIZE + member
-        q_base = Q + tl.cast(batch, tl.int64) * stride_qb + tl.cast(q_head, tl.int64) * stride_qh
-        do_base = DOut + tl.cast(batch, tl.int64) * stride_dob + tl.cast(q_head, tl.int64) * stride_doh
-        if USE_TMA:
-            q_base = tl.make_tensor_descriptor(q_base, shape=[q_len, HEAD_DIM], strides=[stride_qm, 1], block_shape=[BLOCK_M, HEAD_DIM])
-            do_base = tl.make_tensor_descriptor(do_base, shape=[q_len, HEAD_DIM], strides=[stride_dom, 1], block_shape=[BLOCK_M, HEAD_DIM])
+        if USE_TMA == TMA_HOST:
+            # Host-built (B, H, L, D) tensor descriptors (common.tile_descriptor).
+            q_base = Q
+            do_base = DOut
+        else:
+            q_base = Q + tl.cast(batch, tl.int64) * stride_qb + tl.cast(q_head, tl.int64) * stride_qh
+            do_base = DOut + tl.cast(batch, tl.int64) * stride_dob + tl.cast(q_head, tl.int64) * stride_doh
+            if USE_TMA == TMA_DEVICE:
+                q_base = tl.make_tensor_descriptor(q_base, shape=[q_len, HEAD_DIM], strides=[stride_qm, 1], block_shape=[BLOCK_M, HEAD_DIM])
+                do_base = tl.make_tensor_descriptor(do_base, shape=[q_len, HEAD_DIM], strides=[stride_dom, 1], block_shape=[BLOCK_M, HEAD_DIM])
         row_base = (tl.cast(batch, tl.int64) * n_kv_heads * GROUP_SIZE + q_head) * q_len
         lse_base = Lse + row_base
         delta_base = Delta + row_base
@@ -211,15 +226,15 @@ def _attention_backward_dkdv_kernel(
             n_whole_tiles = q_len // BLOCK_M
             for tile in range(0, n_whole_tiles):
                 dk, dv = _dkdv_step(
-                    dk, dv, k, v, q_base, do_base, lse_base, delta_base, tile * BLOCK_M, offs_m, offs_d,
+                    dk, dv, k, v, q_base, do_base, batch, q_head, lse_base, delta_base, tile * BLOCK_M, offs_m, offs_d,
                     stride_qm, stride_qd, stride_dom, stride_dod, q_len, qk_scale, 0,
-                    _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
+                    _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_M,
                 )  # fmt: skip
             if n_whole_tiles * BLOCK_M < q_len:
                 dk, dv = _dkdv_step(
-                    dk, dv, k, v, q_base, do_base, lse_base, delta_base, n_whole_tiles * BLOCK_M, offs_m, offs_d,
+                    dk, dv, k, v, q_base, do_base, batch, q_head, lse_base, delta_base, n_whole_tiles * BLOCK_M, offs_m, offs_d,
                     stride_qm, stride_qd, stride_dom, stride_dod, q_len, qk_scale, 0,
-                    _BOUNDS_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
+                    _BOUNDS_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_M,
                 )  # fmt: skip
         else:
             if FULL_RUNS:
@@ -231,18 +246,18 @@ def _attention_backward_dkdv_kernel(
                     last_query = tl.load(full_q_run_ends + run) * MASK_BLOCK_M
                     for start_m in range(first_query, last_query, BLOCK_M):
                         dk, dv = _dkdv_step(
-                            dk, dv, k, v, q_base, do_base, lse_base, delta_base, start_m, offs_m, offs_d,
+                            dk, dv, k, v, q_base, do_base, batch, q_head, lse_base, delta_base, start_m, offs_m, offs_d,
                             stride_qm, stride_qd, stride_dom, stride_dod, q_len, qk_scale, 0,
-                            _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
+                            _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_M,
                         )  # fmt: skip
             else:
                 for step in range(full_begin * M_STEPS, full_end * M_STEPS):
                     q_block = tl.load(full_q_indices + step // M_STEPS)
                     start_m = q_block * MASK_BLOCK_M + (step % M_STEPS) * BLOCK_M
                     dk, dv = _dkdv_step(
-                        dk, dv, k, v, q_base, do_base, lse_base, delta_base, start_m, offs_m, offs_d,
+                        dk, dv, k, v, q_base, do_base, batch, q_head, lse_base, delta_base, start_m, offs_m, offs_d,
                         stride_qm, stride_qd, stride_dom, stride_dod, q_len, qk_scale, 0,
-                        _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
+                        _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_M,
                     )  # fmt: skip
             for step in range(partial_begin * M_STEPS, partial_end * M_STEPS):
                 q_block = tl.load(partial_q_indices + step // M_STEPS)
@@ -253,9 +268,9 @@ def _attention_backward_dkdv_kernel(
                     tiles, tile_id, row_in_tile, col_in_tile, offs_m[None, :], offs_n[:, None], MASK_BLOCK_M, MASK_BLOCK_N
                 )
                 dk, dv = _dkdv_step(
-                    dk, dv, k, v, q_base, do_base, lse_base, delta_base, q_block * MASK_BLOCK_M + row_in_tile,
+                    dk, dv, k, v, q_base, do_base, batch, q_head, lse_base, delta_base, q_block * MASK_BLOCK_M + row_in_tile,
                     offs_m, offs_d, stride_qm, stride_qd, stride_dom, stride_dod, q_len, qk_scale, allowed_t,
-                    _TILE_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
+                    _TILE_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_M,
                 )  # fmt: skip
 
     dk = dk * scale
@@ -284,6 +299,8 @@ def _dq_step(
     delta,
     k_base,
     v_base,
+    batch,
+    kv_head,
     start_n,
     offs_n,
     offs_d,
@@ -299,11 +316,16 @@ def _dq_step(
     HEAD_DIM_PADDED: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     USE_TMA: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     """Add the contribution of keys ``start_n + offs_n`` to one query tile's dQ (unscaled).
 
-    ``k_base``/``v_base``: pointers, or with USE_TMA tensor descriptors (rows past kv_len read 0)."""
-    if USE_TMA:
+    ``k_base``/``v_base``: pointers to the head's rows, or with TMA_HOST (B, H, L, D) tensor
+    descriptors read at [batch, kv_head], with TMA_DEVICE the head's descriptors (rows past kv_len read 0)."""
+    if USE_TMA == TMA_HOST:
+        k = k_base.load([batch, kv_head, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)  # [BLOCK_N, D]
+        v = v_base.load([batch, kv_head, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)  # [BLOCK_N, D]
+    elif USE_TMA == TMA_DEVICE:
         k = k_base.load([start_n, 0])  # [BLOCK_N, D]
         v = v_base.load([start_n, 0])  # [BLOCK_N, D]
     else:
@@ -362,13 +384,18 @@ def _attention_backward_dq_kernel(
 
     q_base = Q + tl.cast(batch, tl.int64) * stride_qb + tl.cast(q_head, tl.int64) * stride_qh
     do_base = DOut + tl.cast(batch, tl.int64) * stride_dob + tl.cast(q_head, tl.int64) * stride_doh
-    k_base = K + tl.cast(batch, tl.int64) * stride_kb + tl.cast(kv_head, tl.int64) * stride_kh
-    v_base = V + tl.cast(batch, tl.int64) * stride_vb + tl.cast(kv_head, tl.int64) * stride_vh
+    if USE_TMA == TMA_HOST:
+        # Host-built (B, H, L, D) tensor descriptors (common.tile_descriptor).
+        k_base = K
+        v_base = V
+    else:
+        k_base = K + tl.cast(batch, tl.int64) * stride_kb + tl.cast(kv_head, tl.int64) * stride_kh
+        v_base = V + tl.cast(batch, tl.int64) * stride_vb + tl.cast(kv_head, tl.int64) * stride_vh
+        if USE_TMA == TMA_DEVICE:
+            k_base = tl.make_tensor_descriptor(k_base, shape=[kv_len, HEAD_DIM], strides=[stride_kn, 1], block_shape=[BLOCK_N, HEAD_DIM])
+            v_base = tl.make_tensor_descriptor(v_base, shape=[kv_len, HEAD_DIM], strides=[stride_vn, 1], block_shape=[BLOCK_N, HEAD_DIM])
     q = load_rows(q_base, start_m, offs_m, offs_d, stride_qm, stride_qd, q_len, True, HEAD_DIM, HEAD_DIM_PADDED)  # [BLOCK_M, D]
     do = load_rows(do_base, start_m, offs_m, offs_d, stride_dom, stride_dod, q_len, True, HEAD_DIM, HEAD_DIM_PADDED)  # [BLOCK_M, D]
-    if USE_TMA:
-        k_base = tl.make_tensor_descriptor(k_base, shape=[kv_len, HEAD_DIM], strides=[stride_kn, 1], block_shape=[BLOCK_N, HEAD_DIM])
-        v_base = tl.make_tensor_descriptor(v_base, shape=[kv_len, HEAD_DIM], strides=[stride_vn, 1], block_shape=[BLOCK_N, HEAD_DIM])
     in_bounds = (start_m + offs_m) < q_len
     row_offsets = tl.cast(batch_head, tl.int64) * q_len + start_m + offs_m
     lse = tl.load(Lse + row_offsets, mask=in_bounds, other=float("inf"))
@@ -381,15 +408,15 @@ def _attention_backward_dq_kernel(
         n_whole_tiles = kv_len // BLOCK_N
         for tile in range(0, n_whole_tiles):
             dq = _dq_step(
-                dq, q, do, lse2, delta, k_base, v_base, tile * BLOCK_N, offs_n, offs_d,
+                dq, q, do, lse2, delta, k_base, v_base, batch, kv_head, tile * BLOCK_N, offs_n, offs_d,
                 stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
-                _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
+                _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N,
             )  # fmt: skip
         if n_whole_tiles * BLOCK_N < kv_len:
             dq = _dq_step(
-                dq, q, do, lse2, delta, k_base, v_base, n_whole_tiles * BLOCK_N, offs_n, offs_d,
+                dq, q, do, lse2, delta, k_base, v_base, batch, kv_head, n_whole_tiles * BLOCK_N, offs_n, offs_d,
                 stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
-                _BOUNDS_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
+                _BOUNDS_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N,
             )  # fmt: skip
     else:
         mask_row = start_m // MASK_BLOCK_M
@@ -407,18 +434,18 @@ def _attention_backward_dq_kernel(
                 last_key = tl.load(full_kv_run_ends + run) * MASK_BLOCK_N
                 for start_n in range(first_key, last_key, BLOCK_N):
                     dq = _dq_step(
-                        dq, q, do, lse2, delta, k_base, v_base, start_n, offs_n, offs_d,
+                        dq, q, do, lse2, delta, k_base, v_base, batch, kv_head, start_n, offs_n, offs_d,
                         stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
-                        _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
+                        _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N,
                     )  # fmt: skip
         else:
             for step in range(full_begin * N_STEPS, full_end * N_STEPS):
                 kv_block = tl.load(full_kv_indices + step // N_STEPS)
                 start_n = kv_block * MASK_BLOCK_N + (step % N_STEPS) * BLOCK_N
                 dq = _dq_step(
-                    dq, q, do, lse2, delta, k_base, v_base, start_n, offs_n, offs_d,
+                    dq, q, do, lse2, delta, k_base, v_base, batch, kv_head, start_n, offs_n, offs_d,
                     stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
-                    _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
+                    _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N,
                 )  # fmt: skip
         for step in range(partial_begin * N_STEPS, partial_end * N_STEPS):
             kv_block = tl.load(partial_kv_indices + step // N_STEPS)
@@ -428,9 +455,9 @@ def _attention_backward_dq_kernel(
                 tiles, tile_id, row_in_tile, col_in_tile, offs_m[:, None], offs_n[None, :], MASK_BLOCK_M, MASK_BLOCK_N
             )  # [BLOCK_M, BLOCK_N]
             dq = _dq_step(
-                dq, q, do, lse2, delta, k_base, v_base, kv_block * MASK_BLOCK_N + col_in_tile, offs_n, offs_d,
+                dq, q, do, lse2, delta, k_base, v_base, batch, kv_head, kv_block * MASK_BLOCK_N + col_in_tile, offs_n, offs_d,
                 stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, allowed,
-                _TILE_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
+                _TILE_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N,
             )  # fmt: skip
 
     dq = dq * scale
@@ -492,9 +519,8 @@ def attention_backward(
     dk = new_output(k.shape, k.dtype, k.device)
     dv = new_output(v.shape, v.dtype, v.device)
     full_runs = walk_full_blocks_as_runs(config, mask)
-    use_tma = config.tma if config.tma is not None else tma_supported(q, k, v, dout)
-    if use_tma:
-        install_descriptor_allocator()
+    use_tma = tma_mode(config.tma, q, k, v, dout, prefer_host=prefer_host_descriptors(mask, backward=True))
+    host_tma = use_tma == TMA_HOST
     common = dict(
         USE_TMA=use_tma,
         GROUP_SIZE=group_size,
@@ -529,7 +555,8 @@ def attention_backward(
             dk_part = dv_part = dk  # unused
         column_lists = column_list_arguments(mask, q.device)
         _attention_backward_dkdv_kernel[dkdv_grid](
-            q, k, v, dout, lse, delta, dk, dv, dk_part, dv_part,
+            *((tile_descriptor(q, config.block_m1), k, v, tile_descriptor(dout, config.block_m1)) if host_tma else (q, k, v, dout)),
+            lse, delta, dk, dv, dk_part, dv_part,
             *column_lists[:-1], *item_arguments(column_plan, column_lists[-1]),
             *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(),
             n_kv_heads, batch * n_kv_heads, q_len, kv_len, scale * LOG2E, scale,
@@ -549,7 +576,8 @@ def attention_backward(
         dq_part = new_scratch(row_plan, batch * n_q_heads, mask.block_m, padded, q.device) if row_plan is not None else dq
         row_lists = row_list_arguments(mask, q.device)
         _attention_backward_dq_kernel[dq_grid](
-            q, k, v, dout, lse, delta, dq, dq_part,
+            *((q, tile_descriptor(k, config.block_n2), tile_descriptor(v, config.block_n2), dout) if host_tma else (q, k, v, dout)),
+            lse, delta, dq, dq_part,
             *row_lists[:-1], *item_arguments(row_plan, row_lists[-1]),
             *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(),
             n_q_heads, batch * n_q_heads, q_len, kv_len, scale * LOG2E, scale,

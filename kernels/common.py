@@ -129,7 +129,7 @@ class ForwardConfig:
     schedule: Schedule | None = None  # None: auto_schedule(mask); only sparse masks use one
     full_runs: bool | None = None  # walk full blocks as runs; None: walk_full_blocks_as_runs decides
     split_blocks: int | None = None  # split lines longer than this (split.py); None: auto, 0: never
-    tma: bool | None = None  # tile loads through tensor descriptors; None: tma_supported decides
+    tma: bool | str | None = None  # tile loads through tensor descriptors: None auto, False, True/'host', 'device' (tma_mode)
     list_slots: int | None = None  # block lists read this many entries at a time into registers; None/0: per step
 
 
@@ -147,7 +147,7 @@ class BackwardConfig:
     schedule: Schedule | None = None  # None: auto_schedule(mask); only sparse masks use one
     full_runs: bool | None = None  # walk full blocks as runs; None: walk_full_blocks_as_runs decides
     split_blocks: int | None = None  # split lines longer than this (split.py); None: auto, 0: never
-    tma: bool | None = None  # tile loads through tensor descriptors; None: tma_supported decides
+    tma: bool | str | None = None  # tile loads through tensor descriptors: None auto, False, True/'host', 'device' (tma_mode)
 
 
 # Measured on an H200 (bf16, benchmarks/tune_kernels.py, 2026-11-21; results in
@@ -205,15 +205,40 @@ def row_class(mask) -> str:
     return "long" if keys_per_row >= LONG_ROW_KEYS else "short"
 
 
+def has_long_lines(mask, by_rows: bool) -> bool:
+    """Whether some row (column) of a sparse mask is much longer than the average one, as the
+    global row and column of ``global(g)`` are."""
+    longest = mask.max_blocks_per_row if by_rows else mask.max_blocks_per_col
+    n_lines = mask.n_q_blocks if by_rows else mask.n_kv_blocks
+    mean = (mask.n_full + mask.n_partial) / n_lines
+    return longest > 2 * mean + 1
+
+
 def auto_schedule(mask, by_rows: bool) -> Schedule:
     """Heads fastest when a few rows (columns, for dK/dV) are much longer than the rest, as under
     ``global(g)``: then every head's long row starts at once. Balanced masks keep query tiles
     fastest, so that programs running together share one head's K and V in L2 (measured: listing
     every block of a dense mask ran 1.27x slower with heads fastest)."""
-    longest = mask.max_blocks_per_row if by_rows else mask.max_blocks_per_col
-    n_lines = mask.n_q_blocks if by_rows else mask.n_kv_blocks
-    mean = (mask.n_full + mask.n_partial) / n_lines
-    return Schedule(heavy_first=True, heads_fastest=longest > 2 * mean + 1)
+    return Schedule(heavy_first=True, heads_fastest=has_long_lines(mask, by_rows))
+
+
+def prefer_host_descriptors(mask, backward: bool) -> bool:
+    """Whether a launch should load its tiles through host-built descriptors rather than ones each
+    program builds (when both can: :func:`tma_mode`).
+
+    Host descriptors spare every program a global write and a proxy fence before its first load
+    (about 2 us a program, benchmarks/row_costs.py), which short rows feel. In Triton 3.6 the
+    4-D host descriptors were slower per block in the backward and under a very long line
+    (benchmarks/tma_modes.py, H200, kernel-built / host time): forward butterfly(128) and
+    local(1k) & causal at 32k 1.07-1.09x, dense 8k D=128 1.03x, causal 1.00x, but
+    local(256)+global(4) 0.94x; backward short rows 1.02-1.04x, dense 0.97-0.98x, causal 0.90-0.91x.
+    So: the forward unless a row is much longer than the rest; the backward for short rows only.
+    """
+    if mask.is_dense:
+        return not backward
+    if backward:
+        return row_class(mask) == "short" and not has_long_lines(mask, True) and not has_long_lines(mask, False)
+    return not has_long_lines(mask, True)
 
 
 # Full blocks per run, on average, from which the kernels walk runs instead of the block list.
@@ -267,15 +292,17 @@ def default_backward_config(head_dim_padded, dtype, mask) -> BackwardConfig:
 
 def tma_supported(*tensors: torch.Tensor) -> bool:
     """Whether kernels may load tiles of these (B, H, L, D) tensors through tensor descriptors
-    built in the kernel (TMA).
+    (TMA, see :func:`tile_descriptor`).
 
-    Hopper or newer, 16-bit inputs whose head dim is a power of two, Triton with device-side
-    descriptors, and the layout TMA needs: unit stride along the head dim, every other stride and
-    the base address multiples of 16 bytes. Measured on the H200 (Triton 3.6, BENCHMARKS.md): the
-    dense and causal forward 10-22% faster than with pointer loads.
+    Hopper or newer, 16-bit inputs whose head dim is a power of two, a Triton with host-side or
+    kernel-built descriptors, and the layout TMA needs: unit stride along the head dim, every other stride a
+    non-zero multiple of 16 bytes (strides of size-1 dims do not matter), a 16-byte aligned base.
+    Measured on the H200 (Triton 3.6, BENCHMARKS.md): the dense and causal forward 10-22% faster
+    than with pointer loads.
     """
     first = tensors[0]
-    if not (first.is_cuda and hasattr(tl, "make_tensor_descriptor") and hasattr(triton, "set_allocator")):
+    device_ok = hasattr(tl, "make_tensor_descriptor") and hasattr(triton, "set_allocator")
+    if not (first.is_cuda and (_TensorDescriptor is not None or device_ok)):
         return False
     if first.dtype not in (torch.float16, torch.bfloat16) or torch.cuda.get_device_capability(first.device)[0] < 9:
         return False
@@ -285,9 +312,36 @@ def tma_supported(*tensors: torch.Tensor) -> bool:
     for t in tensors:
         if t.stride(-1) != 1 or t.data_ptr() % 16:
             return False
-        if any((s * t.element_size()) % 16 for s in t.stride()[:-1]):
+        if any(size > 1 and (stride <= 0 or (stride * t.element_size()) % 16) for size, stride in zip(t.shape[:-1], t.stride()[:-1])):
             return False
     return True
+
+
+# How kernels load their streamed tiles (the USE_TMA constexpr).
+TMA_OFF = tl.constexpr(0)  # pointer loads
+TMA_HOST = tl.constexpr(1)  # TMA through (B, H, L, D) descriptors built on the host: tile_descriptor
+TMA_DEVICE = tl.constexpr(2)  # TMA through per-head descriptors each program builds (tl.make_tensor_descriptor)
+
+
+def tma_mode(choice, *tensors: torch.Tensor, prefer_host: bool = True) -> int:
+    """The USE_TMA value for a config's ``tma``: False pointers; True or "host" host descriptors;
+    "device" descriptors built in the kernel (needs Triton's allocator, installed here); None,
+    where :func:`tma_supported`, host descriptors if ``prefer_host`` (see
+    :func:`prefer_host_descriptors`) and this Triton has them, else kernel-built ones, and
+    pointers elsewhere."""
+    if choice is None:
+        if not tma_supported(*tensors):
+            return TMA_OFF.value
+        device_ok = hasattr(tl, "make_tensor_descriptor") and hasattr(triton, "set_allocator")
+        choice = "host" if (prefer_host or not device_ok) and _TensorDescriptor is not None else "device"
+    if choice == "device":
+        install_descriptor_allocator()
+        return TMA_DEVICE.value
+    if choice in (True, "host"):
+        return TMA_HOST.value
+    if choice is False:
+        return TMA_OFF.value
+    raise ValueError(f"tma={choice!r}: expected None, False, True, 'host' or 'device'")
 
 
 def _torch_allocator(size: int, alignment: int, stream):
@@ -305,6 +359,30 @@ def install_descriptor_allocator():
     except (ImportError, AttributeError):
         pass  # a Triton without these internals: set ours
     triton.set_allocator(_torch_allocator)
+
+
+try:
+    from triton.tools.tensor_descriptor import TensorDescriptor as _TensorDescriptor
+except ImportError:  # a Triton without host-side descriptors: pointer loads only
+    _TensorDescriptor = None
+
+
+def tile_descriptor(t: torch.Tensor, block_rows: int):
+    """A host-side tensor descriptor of a (B, H, L, D) tensor that loads [1, 1, block_rows, D]
+    tiles at [batch, head, first_row, 0]; rows past L arrive as zeros (per head, as with masked
+    pointer loads). Kernels reshape the tile to [block_rows, D].
+
+    Built on the host and passed as a kernel argument, not built in the kernel: a descriptor made
+    in the kernel costs every program a global write and a proxy fence before its first load,
+    about 3 us a program on the H200 (benchmarks/row_costs.py), which short rows feel.
+    Needs :func:`tma_supported`.
+    """
+    strides = list(t.stride())
+    # A size-1 dim's stride is arbitrary in PyTorch; give TMA the contiguous one (16-byte multiple).
+    for dim in range(t.dim() - 2, -1, -1):
+        if t.shape[dim] == 1:
+            strides[dim] = strides[dim + 1] * t.shape[dim + 1]
+    return _TensorDescriptor(t, list(t.shape), strides, [1, 1, block_rows, t.shape[-1]])
 
 
 def check_tile(name: str, tile: int, mask_block: int, is_dense: bool):

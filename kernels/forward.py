@@ -50,8 +50,11 @@ from .common import (
     row_list_arguments,
     schedule_constants,
     store_rows,
-    tma_supported,
-    install_descriptor_allocator,
+    TMA_DEVICE,
+    TMA_HOST,
+    tile_descriptor,
+    tma_mode,
+    prefer_host_descriptors,
 )
 from .split import item_arguments, item_block_ranges, merge_softmax, new_scratch, plan_for, program_item, scratch_rows
 
@@ -69,6 +72,8 @@ def _online_softmax_step(
     q,
     k_base,
     v_base,
+    batch,
+    kv_head,
     start_n,
     offs_n,
     offs_d,
@@ -84,12 +89,17 @@ def _online_softmax_step(
     HEAD_DIM_PADDED: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     USE_TMA: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     """Fold keys ``start_n + offs_n`` into the running (acc, m_i, l_i) of one query tile.
 
-    ``k_base``/``v_base`` point at the head's K and V, or with USE_TMA are tensor descriptors of them
-    (rows past kv_len arrive as zeros either way)."""
-    if USE_TMA:
+    ``k_base``/``v_base`` point at the head's K and V; with USE_TMA (common.TMA_HOST) they are
+    (B, H, L, D) tensor descriptors read at [batch, kv_head], with TMA_DEVICE the head's (L, D)
+    descriptors (rows past kv_len arrive as zeros every way)."""
+    if USE_TMA == TMA_HOST:
+        k = k_base.load([batch, kv_head, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)  # [BLOCK_N, D]
+        v = v_base.load([batch, kv_head, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)  # [BLOCK_N, D]
+    elif USE_TMA == TMA_DEVICE:
         k = k_base.load([start_n, 0])  # [BLOCK_N, D]
         v = v_base.load([start_n, 0])  # [BLOCK_N, D]
     else:
@@ -127,19 +137,19 @@ def _list_entry(chunk_values, slots, slot):
 
 @triton.jit
 def _partial_block_step(
-    acc, m_i, l_i, q, k_base, v_base, kv_block, tile_id, row_in_tile, col_in_tile, tiles, offs_m, offs_n, offs_d,
+    acc, m_i, l_i, q, k_base, v_base, batch, kv_head, kv_block, tile_id, row_in_tile, col_in_tile, tiles, offs_m, offs_n, offs_d,
     stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale,
     MASK_BLOCK_M: tl.constexpr, MASK_BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PADDED: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """One step inside partial block ``kv_block``: its tile ``tile_id`` masks the scores."""
     allowed = load_tile_mask(
         tiles, tile_id, row_in_tile, col_in_tile, offs_m[:, None], offs_n[None, :], MASK_BLOCK_M, MASK_BLOCK_N
     )  # [BLOCK_M, BLOCK_N]
     return _online_softmax_step(
-        acc, m_i, l_i, q, k_base, v_base, kv_block * MASK_BLOCK_N + col_in_tile, offs_n, offs_d,
+        acc, m_i, l_i, q, k_base, v_base, batch, kv_head, kv_block * MASK_BLOCK_N + col_in_tile, offs_n, offs_d,
         stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, allowed,
-        _TILE_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
+        _TILE_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N,
     )  # fmt: skip
 
 
@@ -178,12 +188,17 @@ def _attention_forward_kernel(
     kv_head = q_head // GROUP_SIZE  # GQA/MQA: query heads share a kv head, k and v are not copied
 
     q_base = Q + tl.cast(batch, tl.int64) * stride_qb + tl.cast(q_head, tl.int64) * stride_qh
-    k_base = K + tl.cast(batch, tl.int64) * stride_kb + tl.cast(kv_head, tl.int64) * stride_kh
-    v_base = V + tl.cast(batch, tl.int64) * stride_vb + tl.cast(kv_head, tl.int64) * stride_vh
-    if USE_TMA:
-        # K and V tiles through the tensor-memory accelerator (Hopper); see common.tma_supported.
-        k_base = tl.make_tensor_descriptor(k_base, shape=[kv_len, HEAD_DIM], strides=[stride_kn, 1], block_shape=[BLOCK_N, HEAD_DIM])
-        v_base = tl.make_tensor_descriptor(v_base, shape=[kv_len, HEAD_DIM], strides=[stride_vn, 1], block_shape=[BLOCK_N, HEAD_DIM])
+    if USE_TMA == TMA_HOST:
+        # K and V are host-built tensor descriptors (common.tile_descriptor): tiles through the
+        # tensor-memory accelerator (Hopper), addressed by [batch, kv_head, row, 0].
+        k_base = K
+        v_base = V
+    else:
+        k_base = K + tl.cast(batch, tl.int64) * stride_kb + tl.cast(kv_head, tl.int64) * stride_kh
+        v_base = V + tl.cast(batch, tl.int64) * stride_vb + tl.cast(kv_head, tl.int64) * stride_vh
+        if USE_TMA == TMA_DEVICE:
+            k_base = tl.make_tensor_descriptor(k_base, shape=[kv_len, HEAD_DIM], strides=[stride_kn, 1], block_shape=[BLOCK_N, HEAD_DIM])
+            v_base = tl.make_tensor_descriptor(v_base, shape=[kv_len, HEAD_DIM], strides=[stride_vn, 1], block_shape=[BLOCK_N, HEAD_DIM])
     o_base = Out + tl.cast(batch, tl.int64) * stride_ob + tl.cast(q_head, tl.int64) * stride_oh
     lse_base = Lse + tl.cast(batch_head, tl.int64) * q_len
 
@@ -200,15 +215,15 @@ def _attention_forward_kernel(
         n_whole_tiles = kv_len // BLOCK_N
         for tile in range(0, n_whole_tiles):
             acc, m_i, l_i = _online_softmax_step(
-                acc, m_i, l_i, q, k_base, v_base, tile * BLOCK_N, offs_n, offs_d,
+                acc, m_i, l_i, q, k_base, v_base, batch, kv_head, tile * BLOCK_N, offs_n, offs_d,
                 stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
-                _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
+                _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N,
             )  # fmt: skip
         if n_whole_tiles * BLOCK_N < kv_len:
             acc, m_i, l_i = _online_softmax_step(
-                acc, m_i, l_i, q, k_base, v_base, n_whole_tiles * BLOCK_N, offs_n, offs_d,
+                acc, m_i, l_i, q, k_base, v_base, batch, kv_head, n_whole_tiles * BLOCK_N, offs_n, offs_d,
                 stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
-                _BOUNDS_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
+                _BOUNDS_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N,
             )  # fmt: skip
     else:
         # The mask row holding this kernel tile, and where the tile sits inside the mask's tiles.
@@ -233,18 +248,18 @@ def _attention_forward_kernel(
             last_key = tl.load(full_kv_run_ends + run_begin, mask=has_run, other=0) * MASK_BLOCK_N
             for start_n in range(first_key, last_key, BLOCK_N):
                 acc, m_i, l_i = _online_softmax_step(
-                    acc, m_i, l_i, q, k_base, v_base, start_n, offs_n, offs_d,
+                    acc, m_i, l_i, q, k_base, v_base, batch, kv_head, start_n, offs_n, offs_d,
                     stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
-                    _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
+                    _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N,
                 )  # fmt: skip
             for run in range(run_begin + 1, run_end):
                 first_key = tl.load(full_kv_run_starts + run) * MASK_BLOCK_N
                 last_key = tl.load(full_kv_run_ends + run) * MASK_BLOCK_N
                 for start_n in range(first_key, last_key, BLOCK_N):
                     acc, m_i, l_i = _online_softmax_step(
-                        acc, m_i, l_i, q, k_base, v_base, start_n, offs_n, offs_d,
+                        acc, m_i, l_i, q, k_base, v_base, batch, kv_head, start_n, offs_n, offs_d,
                         stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
-                        _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
+                        _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N,
                     )  # fmt: skip
         elif LIST_SLOTS > 0:
             # The block list read LIST_SLOTS entries at a time into registers: each step's key
@@ -257,9 +272,9 @@ def _attention_forward_kernel(
                     kv_block = _list_entry(chunk_blocks, slots, step // N_STEPS)
                     start_n = kv_block * MASK_BLOCK_N + (step % N_STEPS) * BLOCK_N
                     acc, m_i, l_i = _online_softmax_step(
-                        acc, m_i, l_i, q, k_base, v_base, start_n, offs_n, offs_d,
+                        acc, m_i, l_i, q, k_base, v_base, batch, kv_head, start_n, offs_n, offs_d,
                         stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
-                        _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
+                        _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N,
                     )  # fmt: skip
         else:
             # Short rows: one flat loop over the listed blocks pipelines better than nested runs.
@@ -267,9 +282,9 @@ def _attention_forward_kernel(
                 kv_block = tl.load(full_kv_indices + step // N_STEPS)
                 start_n = kv_block * MASK_BLOCK_N + (step % N_STEPS) * BLOCK_N
                 acc, m_i, l_i = _online_softmax_step(
-                    acc, m_i, l_i, q, k_base, v_base, start_n, offs_n, offs_d,
+                    acc, m_i, l_i, q, k_base, v_base, batch, kv_head, start_n, offs_n, offs_d,
                     stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
-                    _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
+                    _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N,
                 )  # fmt: skip
 
         if LIST_SLOTS > 0:
@@ -280,20 +295,20 @@ def _attention_forward_kernel(
                 chunk_tiles = tl.load(partial_kv_tiles + chunk + slots, mask=in_chunk, other=0)
                 for step in range(0, tl.minimum(partial_end - chunk, LIST_SLOTS) * N_STEPS):
                     acc, m_i, l_i = _partial_block_step(
-                        acc, m_i, l_i, q, k_base, v_base,
+                        acc, m_i, l_i, q, k_base, v_base, batch, kv_head,
                         _list_entry(chunk_blocks, slots, step // N_STEPS), _list_entry(chunk_tiles, slots, step // N_STEPS),
                         row_in_tile, (step % N_STEPS) * BLOCK_N, tiles, offs_m, offs_n, offs_d,
                         stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale,
-                        MASK_BLOCK_M, MASK_BLOCK_N, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
+                        MASK_BLOCK_M, MASK_BLOCK_N, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N,
                     )  # fmt: skip
         else:
             for step in range(partial_begin * N_STEPS, partial_end * N_STEPS):
                 acc, m_i, l_i = _partial_block_step(
-                    acc, m_i, l_i, q, k_base, v_base,
+                    acc, m_i, l_i, q, k_base, v_base, batch, kv_head,
                     tl.load(partial_kv_indices + step // N_STEPS), tl.load(partial_kv_tiles + step // N_STEPS),
                     row_in_tile, (step % N_STEPS) * BLOCK_N, tiles, offs_m, offs_n, offs_d,
                     stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale,
-                    MASK_BLOCK_M, MASK_BLOCK_N, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA,
+                    MASK_BLOCK_M, MASK_BLOCK_N, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N,
                 )  # fmt: skip
 
     # Rows with no allowed key: divide by 1 (acc is 0) and report lse = -inf. See [Note].
@@ -359,12 +374,11 @@ def attention_forward(
     else:
         out_part = lse_part = out  # unused
     row_lists = row_list_arguments(mask, q.device)
-    use_tma = config.tma if config.tma is not None else tma_supported(q, k, v)
-    if use_tma:
-        install_descriptor_allocator()
+    use_tma = tma_mode(config.tma, q, k, v, prefer_host=prefer_host_descriptors(mask, backward=False))
+    k_tiles, v_tiles = (tile_descriptor(k, config.block_n), tile_descriptor(v, config.block_n)) if use_tma == TMA_HOST else (k, v)
     with on_device_of(q):
         _attention_forward_kernel[grid](
-            q, k, v, out, lse, out_part, lse_part,
+            q, k_tiles, v_tiles, out, lse, out_part, lse_part,
             *row_lists[:-1], *item_arguments(plan, row_lists[-1]),
             *q.stride(), *k.stride(), *v.stride(), *out.stride(),
             n_q_heads, batch * n_q_heads, q_len, kv_len, scale * LOG2E,

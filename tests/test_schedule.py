@@ -90,17 +90,29 @@ def test_split_plan_covers_every_line_once(split_blocks):
         assert plan.n_slots == merge_offsets[-1] == sum(1 for s in slots if s >= 0)
 
 
+def nan_padded(batch, heads, length, head_dim, gen):
+    """Random (B, H, L, D) view of a buffer whose rows past L in every head are NaN: a tile load
+    that reads past a head's end (into the padding) instead of getting zeros poisons the result."""
+    buffer = torch.full((batch, heads, length + 24, head_dim), float("nan"))
+    view = buffer[:, :, :length]
+    view.copy_(torch.randn(batch, heads, length, head_dim, generator=gen))
+    return view
+
+
 # Tiles through tensor descriptors (TMA on Hopper; the interpreter emulates them): rows past the
-# end (dense with Lk = 200, not a multiple of 16; causal with Lq > Lk) must arrive as zeros.
+# end (dense with Lk = 200, not a multiple of 16; causal with Lq > Lk) must arrive as zeros, per
+# head (the descriptors span (B, H, L, D); NaN rows follow each head's end here).
+# Both kinds of descriptor: built on the host (True) and built by each program ("device").
+@pytest.mark.parametrize("tma", [True, "device"])
 @pytest.mark.parametrize("pattern, q_len, kv_len", [("dense", 150, 200), ("causal", 120, 90), ("local(20) + global(5)", 130, 130)])
-def test_tensor_descriptor_loads_match_the_oracle(pattern, q_len, kv_len, monkeypatch):
+def test_tensor_descriptor_loads_match_the_oracle(pattern, q_len, kv_len, tma, monkeypatch):
     monkeypatch.setattr(kernels, "POISON_OUTPUTS", True)
     gen = torch.Generator().manual_seed(5)
-    q, dout = (torch.randn(1, 2, q_len, 32, generator=gen) for _ in range(2))
-    k, v = (torch.randn(1, 2, kv_len, 32, generator=gen) for _ in range(2))
+    q, dout = (nan_padded(2, 2, q_len, 32, gen) for _ in range(2))
+    k, v = (nan_padded(2, 2, kv_len, 32, gen) for _ in range(2))
     mask = sparseflash.compile_mask(pattern, q_len, kv_len, block_m=32, block_n=32)
     allowed = sparseflash.parse(pattern).dense_mask(q_len, kv_len)
-    check_kernels_against_oracle(q, k, v, dout, mask, allowed, split_blocks=2, tma=True)
+    check_kernels_against_oracle(q, k, v, dout, mask, allowed, split_blocks=2, tma=tma)
 
 
 # Block lists read a few entries at a time into registers (ForwardConfig.list_slots): rows longer
@@ -125,6 +137,13 @@ def test_block_lists_in_registers_match_the_oracle(pattern, q_len, kv_len, split
     same_out, same_lse = reference_attention(q, k, v, allowed, scale, compute_dtype=torch.float32)
     check_close("out", out, same_out, ref_out, torch.float32)
     check_close("lse", lse, same_lse, ref_lse, torch.float32)
+
+
+def test_tma_choice_must_be_known():
+    mask = sparseflash.compile_mask("local(20)", 64, block_m=32, block_n=32)
+    q = torch.randn(1, 1, 64, 16)
+    with pytest.raises(ValueError, match="tma='hots'"):
+        attention_forward(q, q, q, mask, 0.25, config=ForwardConfig(16, 16, 4, 1, tma="hots"))
 
 
 def test_list_slots_must_be_a_power_of_two():
@@ -173,3 +192,27 @@ def test_auto_split_only_when_a_line_outweighs_two_multiprocessor_shares(monkeyp
     assert split.auto_split_blocks(mask, False, 1, cuda) == split.MIN_SPLIT_BLOCKS
     assert split.auto_split_blocks(mask, True, 1, torch.device("cpu")) == 0  # CPU runs split only when asked
     assert split.auto_split_blocks(sparseflash.compile_mask("dense", 32768), True, 1, cuda) == 0
+
+
+def test_tma_mode_choices():
+    from sparseflash.kernels.common import TMA_DEVICE, TMA_HOST, TMA_OFF, tma_mode
+
+    cpu = torch.zeros(1, 1, 16, 16, dtype=torch.float16)
+    assert tma_mode(None, cpu) == TMA_OFF.value  # not CUDA: pointers
+    assert tma_mode(False, cpu) == TMA_OFF.value
+    assert tma_mode(True, cpu) == tma_mode("host", cpu) == TMA_HOST.value
+    assert tma_mode("device", cpu) == TMA_DEVICE.value
+
+
+# The measured rule (common.prefer_host_descriptors): host descriptors for the forward unless one
+# row dwarfs the rest, for the backward on short rows only.
+@pytest.mark.parametrize(
+    "pattern, forward, backward",
+    [("dense", True, False), ("causal", True, False), ("local(256)+global(4)", False, False), ("butterfly(128)", True, True)],
+)
+def test_host_descriptors_where_measured_faster(pattern, forward, backward):
+    from sparseflash.kernels.common import prefer_host_descriptors
+
+    mask = sparseflash.compile_mask(pattern, 32768)
+    assert prefer_host_descriptors(mask, backward=False) == forward
+    assert prefer_host_descriptors(mask, backward=True) == backward
