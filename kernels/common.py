@@ -290,6 +290,14 @@ def default_backward_config(head_dim_padded, dtype, mask) -> BackwardConfig:
     )
 
 
+try:
+    from triton.tools.tensor_descriptor import TensorDescriptor as _TensorDescriptor
+except ImportError:  # a Triton without host-side descriptors
+    _TensorDescriptor = None
+# Whether this Triton lets kernels build descriptors themselves (tl.make_tensor_descriptor).
+_KERNEL_DESCRIPTORS = hasattr(tl, "make_tensor_descriptor") and hasattr(triton, "set_allocator")
+
+
 def tma_supported(*tensors: torch.Tensor) -> bool:
     """Whether kernels may load tiles of these (B, H, L, D) tensors through tensor descriptors
     (TMA, see :func:`tile_descriptor`).
@@ -301,8 +309,7 @@ def tma_supported(*tensors: torch.Tensor) -> bool:
     than with pointer loads.
     """
     first = tensors[0]
-    device_ok = hasattr(tl, "make_tensor_descriptor") and hasattr(triton, "set_allocator")
-    if not (first.is_cuda and (_TensorDescriptor is not None or device_ok)):
+    if not (first.is_cuda and (_TensorDescriptor is not None or _KERNEL_DESCRIPTORS)):
         return False
     if first.dtype not in (torch.float16, torch.bfloat16) or torch.cuda.get_device_capability(first.device)[0] < 9:
         return False
@@ -332,8 +339,7 @@ def tma_mode(choice, *tensors: torch.Tensor, prefer_host: bool = True) -> int:
     if choice is None:
         if not tma_supported(*tensors):
             return TMA_OFF.value
-        device_ok = hasattr(tl, "make_tensor_descriptor") and hasattr(triton, "set_allocator")
-        choice = "host" if (prefer_host or not device_ok) and _TensorDescriptor is not None else "device"
+        choice = "host" if (prefer_host or not _KERNEL_DESCRIPTORS) and _TensorDescriptor is not None else "device"
     if choice == "device":
         install_descriptor_allocator()
         return TMA_DEVICE.value
@@ -361,12 +367,6 @@ def install_descriptor_allocator():
     triton.set_allocator(_torch_allocator)
 
 
-try:
-    from triton.tools.tensor_descriptor import TensorDescriptor as _TensorDescriptor
-except ImportError:  # a Triton without host-side descriptors: pointer loads only
-    _TensorDescriptor = None
-
-
 def tile_descriptor(t: torch.Tensor, block_rows: int):
     """A host-side tensor descriptor of a (B, H, L, D) tensor that loads [1, 1, block_rows, D]
     tiles at [batch, head, first_row, 0]; rows past L arrive as zeros (per head, as with masked
@@ -374,7 +374,7 @@ def tile_descriptor(t: torch.Tensor, block_rows: int):
 
     Built on the host and passed as a kernel argument, not built in the kernel: a descriptor made
     in the kernel costs every program a global write and a proxy fence before its first load,
-    about 3 us a program on the H200 (benchmarks/row_costs.py), which short rows feel.
+    about 2 us a program on the H200 (benchmarks/row_costs.py), which short rows feel.
     Needs :func:`tma_supported`.
     """
     strides = list(t.stride())
