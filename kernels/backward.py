@@ -46,9 +46,10 @@ from .common import (
     row_list_arguments,
     schedule_constants,
     store_rows,
-    TMA_DEVICE,
     TMA_HOST,
+    load_tile,
     tile_descriptor,
+    tile_source,
     tma_mode,
     prefer_host_descriptors,
 )
@@ -122,15 +123,8 @@ def _dkdv_step(
 
     ``q_base``/``do_base``: pointers to the head's rows, or with TMA_HOST (B, H, L, D) tensor
     descriptors read at [batch, q_head], with TMA_DEVICE the head's descriptors (rows past q_len read 0)."""
-    if USE_TMA == TMA_HOST:
-        q = q_base.load([batch, q_head, start_m, 0]).reshape(BLOCK_M, HEAD_DIM)  # [BLOCK_M, D]
-        do = do_base.load([batch, q_head, start_m, 0]).reshape(BLOCK_M, HEAD_DIM)  # [BLOCK_M, D]
-    elif USE_TMA == TMA_DEVICE:
-        q = q_base.load([start_m, 0])  # [BLOCK_M, D]
-        do = do_base.load([start_m, 0])  # [BLOCK_M, D]
-    else:
-        q = load_rows(q_base, start_m, offs_m, offs_d, stride_qm, stride_qd, q_len, MASK_MODE != 0, HEAD_DIM, HEAD_DIM_PADDED)  # [BLOCK_M, D]
-        do = load_rows(do_base, start_m, offs_m, offs_d, stride_dom, stride_dod, q_len, MASK_MODE != 0, HEAD_DIM, HEAD_DIM_PADDED)  # [BLOCK_M, D]
+    q = load_tile(q_base, batch, q_head, start_m, offs_m, offs_d, stride_qm, stride_qd, q_len, MASK_MODE != 0, BLOCK_M, HEAD_DIM, HEAD_DIM_PADDED, USE_TMA)  # [BLOCK_M, D]
+    do = load_tile(do_base, batch, q_head, start_m, offs_m, offs_d, stride_dom, stride_dod, q_len, MASK_MODE != 0, BLOCK_M, HEAD_DIM, HEAD_DIM_PADDED, USE_TMA)  # [BLOCK_M, D]
     if MASK_MODE == _NO_MASK:
         lse2 = tl.load(lse_base + start_m + offs_m) * _LOG2E_JIT
         delta = tl.load(delta_base + start_m + offs_m)
@@ -207,16 +201,8 @@ def _attention_backward_dkdv_kernel(
 
     for member in range(0, GROUP_SIZE):
         q_head = kv_head * GROUP_SIZE + member
-        if USE_TMA == TMA_HOST:
-            # Host-built (B, H, L, D) tensor descriptors (common.tile_descriptor).
-            q_base = Q
-            do_base = DOut
-        else:
-            q_base = Q + tl.cast(batch, tl.int64) * stride_qb + tl.cast(q_head, tl.int64) * stride_qh
-            do_base = DOut + tl.cast(batch, tl.int64) * stride_dob + tl.cast(q_head, tl.int64) * stride_doh
-            if USE_TMA == TMA_DEVICE:
-                q_base = tl.make_tensor_descriptor(q_base, shape=[q_len, HEAD_DIM], strides=[stride_qm, 1], block_shape=[BLOCK_M, HEAD_DIM])
-                do_base = tl.make_tensor_descriptor(do_base, shape=[q_len, HEAD_DIM], strides=[stride_dom, 1], block_shape=[BLOCK_M, HEAD_DIM])
+        q_base = tile_source(Q, batch, q_head, stride_qb, stride_qh, stride_qm, q_len, BLOCK_M, HEAD_DIM, USE_TMA)
+        do_base = tile_source(DOut, batch, q_head, stride_dob, stride_doh, stride_dom, q_len, BLOCK_M, HEAD_DIM, USE_TMA)
         row_base = (tl.cast(batch, tl.int64) * n_kv_heads * GROUP_SIZE + q_head) * q_len
         lse_base = Lse + row_base
         delta_base = Delta + row_base
@@ -322,15 +308,8 @@ def _dq_step(
 
     ``k_base``/``v_base``: pointers to the head's rows, or with TMA_HOST (B, H, L, D) tensor
     descriptors read at [batch, kv_head], with TMA_DEVICE the head's descriptors (rows past kv_len read 0)."""
-    if USE_TMA == TMA_HOST:
-        k = k_base.load([batch, kv_head, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)  # [BLOCK_N, D]
-        v = v_base.load([batch, kv_head, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)  # [BLOCK_N, D]
-    elif USE_TMA == TMA_DEVICE:
-        k = k_base.load([start_n, 0])  # [BLOCK_N, D]
-        v = v_base.load([start_n, 0])  # [BLOCK_N, D]
-    else:
-        k = load_rows(k_base, start_n, offs_n, offs_d, stride_kn, stride_kd, kv_len, MASK_MODE != 0, HEAD_DIM, HEAD_DIM_PADDED)  # [BLOCK_N, D]
-        v = load_rows(v_base, start_n, offs_n, offs_d, stride_vn, stride_vd, kv_len, MASK_MODE != 0, HEAD_DIM, HEAD_DIM_PADDED)  # [BLOCK_N, D]
+    k = load_tile(k_base, batch, kv_head, start_n, offs_n, offs_d, stride_kn, stride_kd, kv_len, MASK_MODE != 0, BLOCK_N, HEAD_DIM, HEAD_DIM_PADDED, USE_TMA)  # [BLOCK_N, D]
+    v = load_tile(v_base, batch, kv_head, start_n, offs_n, offs_d, stride_vn, stride_vd, kv_len, MASK_MODE != 0, BLOCK_N, HEAD_DIM, HEAD_DIM_PADDED, USE_TMA)  # [BLOCK_N, D]
     scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N], base 2
     if MASK_MODE == _TILE_MASK:
         scores = tl.where(allowed, scores, float("-inf"))
@@ -384,16 +363,8 @@ def _attention_backward_dq_kernel(
 
     q_base = Q + tl.cast(batch, tl.int64) * stride_qb + tl.cast(q_head, tl.int64) * stride_qh
     do_base = DOut + tl.cast(batch, tl.int64) * stride_dob + tl.cast(q_head, tl.int64) * stride_doh
-    if USE_TMA == TMA_HOST:
-        # Host-built (B, H, L, D) tensor descriptors (common.tile_descriptor).
-        k_base = K
-        v_base = V
-    else:
-        k_base = K + tl.cast(batch, tl.int64) * stride_kb + tl.cast(kv_head, tl.int64) * stride_kh
-        v_base = V + tl.cast(batch, tl.int64) * stride_vb + tl.cast(kv_head, tl.int64) * stride_vh
-        if USE_TMA == TMA_DEVICE:
-            k_base = tl.make_tensor_descriptor(k_base, shape=[kv_len, HEAD_DIM], strides=[stride_kn, 1], block_shape=[BLOCK_N, HEAD_DIM])
-            v_base = tl.make_tensor_descriptor(v_base, shape=[kv_len, HEAD_DIM], strides=[stride_vn, 1], block_shape=[BLOCK_N, HEAD_DIM])
+    k_base = tile_source(K, batch, kv_head, stride_kb, stride_kh, stride_kn, kv_len, BLOCK_N, HEAD_DIM, USE_TMA)
+    v_base = tile_source(V, batch, kv_head, stride_vb, stride_vh, stride_vn, kv_len, BLOCK_N, HEAD_DIM, USE_TMA)
     q = load_rows(q_base, start_m, offs_m, offs_d, stride_qm, stride_qd, q_len, True, HEAD_DIM, HEAD_DIM_PADDED)  # [BLOCK_M, D]
     do = load_rows(do_base, start_m, offs_m, offs_d, stride_dom, stride_dod, q_len, True, HEAD_DIM, HEAD_DIM_PADDED)  # [BLOCK_M, D]
     in_bounds = (start_m + offs_m) < q_len

@@ -405,6 +405,40 @@ def head_dim_padded(head_dim: int) -> int:
 
 
 @triton.jit
+def tile_source(
+    T, batch, head, stride_b, stride_h, stride_row, n_rows,
+    BLOCK_ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, USE_TMA: tl.constexpr,
+):  # fmt: skip
+    """Where a kernel streams one head's (n_rows, D) tiles from, for :func:`load_tile`: with
+    TMA_HOST the (B, H, L, D) host descriptor ``T`` itself, with TMA_DEVICE a descriptor of the
+    head built here, else a pointer to the head's first row."""
+    if USE_TMA == TMA_HOST:
+        source = T
+    else:
+        source = T + tl.cast(batch, tl.int64) * stride_b + tl.cast(head, tl.int64) * stride_h
+        if USE_TMA == TMA_DEVICE:
+            source = tl.make_tensor_descriptor(source, shape=[n_rows, HEAD_DIM], strides=[stride_row, 1], block_shape=[BLOCK_ROWS, HEAD_DIM])
+    return source
+
+
+@triton.jit
+def load_tile(
+    source, batch, head, first_row, offs_rows, offs_d, stride_row, stride_d, n_rows,
+    CHECK_ROWS: tl.constexpr, BLOCK_ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PADDED: tl.constexpr,
+    USE_TMA: tl.constexpr,
+):  # fmt: skip
+    """Rows ``first_row + offs_rows`` of one head from a :func:`tile_source`: a [BLOCK_ROWS,
+    HEAD_DIM_PADDED] tile, zero past ``n_rows`` (descriptors always; pointers when CHECK_ROWS)."""
+    if USE_TMA == TMA_HOST:
+        tile = source.load([batch, head, first_row, 0]).reshape(BLOCK_ROWS, HEAD_DIM)
+    elif USE_TMA == TMA_DEVICE:
+        tile = source.load([first_row, 0])
+    else:
+        tile = load_rows(source, first_row, offs_rows, offs_d, stride_row, stride_d, n_rows, CHECK_ROWS, HEAD_DIM, HEAD_DIM_PADDED)
+    return tile
+
+
+@triton.jit
 def load_rows(
     base,
     first_row,

@@ -50,9 +50,10 @@ from .common import (
     row_list_arguments,
     schedule_constants,
     store_rows,
-    TMA_DEVICE,
     TMA_HOST,
+    load_tile,
     tile_descriptor,
+    tile_source,
     tma_mode,
     prefer_host_descriptors,
 )
@@ -96,16 +97,9 @@ def _online_softmax_step(
     ``k_base``/``v_base`` point at the head's K and V; with USE_TMA (common.TMA_HOST) they are
     (B, H, L, D) tensor descriptors read at [batch, kv_head], with TMA_DEVICE the head's (L, D)
     descriptors (rows past kv_len arrive as zeros every way)."""
-    if USE_TMA == TMA_HOST:
-        k = k_base.load([batch, kv_head, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)  # [BLOCK_N, D]
-        v = v_base.load([batch, kv_head, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)  # [BLOCK_N, D]
-    elif USE_TMA == TMA_DEVICE:
-        k = k_base.load([start_n, 0])  # [BLOCK_N, D]
-        v = v_base.load([start_n, 0])  # [BLOCK_N, D]
-    else:
-        check_rows = MASK_MODE != _NO_MASK
-        k = load_rows(k_base, start_n, offs_n, offs_d, stride_kn, stride_kd, kv_len, check_rows, HEAD_DIM, HEAD_DIM_PADDED)  # [BLOCK_N, D]
-        v = load_rows(v_base, start_n, offs_n, offs_d, stride_vn, stride_vd, kv_len, check_rows, HEAD_DIM, HEAD_DIM_PADDED)  # [BLOCK_N, D]
+    check_rows = MASK_MODE != _NO_MASK
+    k = load_tile(k_base, batch, kv_head, start_n, offs_n, offs_d, stride_kn, stride_kd, kv_len, check_rows, BLOCK_N, HEAD_DIM, HEAD_DIM_PADDED, USE_TMA)  # [BLOCK_N, D]
+    v = load_tile(v_base, batch, kv_head, start_n, offs_n, offs_d, stride_vn, stride_vd, kv_len, check_rows, BLOCK_N, HEAD_DIM, HEAD_DIM_PADDED, USE_TMA)  # [BLOCK_N, D]
     qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_N], unscaled
     if MASK_MODE == _TILE_MASK:
         qk = tl.where(allowed, qk, float("-inf"))
@@ -188,17 +182,9 @@ def _attention_forward_kernel(
     kv_head = q_head // GROUP_SIZE  # GQA/MQA: query heads share a kv head, k and v are not copied
 
     q_base = Q + tl.cast(batch, tl.int64) * stride_qb + tl.cast(q_head, tl.int64) * stride_qh
-    if USE_TMA == TMA_HOST:
-        # K and V are host-built tensor descriptors (common.tile_descriptor): tiles through the
-        # tensor-memory accelerator (Hopper), addressed by [batch, kv_head, row, 0].
-        k_base = K
-        v_base = V
-    else:
-        k_base = K + tl.cast(batch, tl.int64) * stride_kb + tl.cast(kv_head, tl.int64) * stride_kh
-        v_base = V + tl.cast(batch, tl.int64) * stride_vb + tl.cast(kv_head, tl.int64) * stride_vh
-        if USE_TMA == TMA_DEVICE:
-            k_base = tl.make_tensor_descriptor(k_base, shape=[kv_len, HEAD_DIM], strides=[stride_kn, 1], block_shape=[BLOCK_N, HEAD_DIM])
-            v_base = tl.make_tensor_descriptor(v_base, shape=[kv_len, HEAD_DIM], strides=[stride_vn, 1], block_shape=[BLOCK_N, HEAD_DIM])
+    # K/V tiles by pointers or through the tensor-memory accelerator (Hopper): common.tma_mode.
+    k_base = tile_source(K, batch, kv_head, stride_kb, stride_kh, stride_kn, kv_len, BLOCK_N, HEAD_DIM, USE_TMA)
+    v_base = tile_source(V, batch, kv_head, stride_vb, stride_vh, stride_vn, kv_len, BLOCK_N, HEAD_DIM, USE_TMA)
     o_base = Out + tl.cast(batch, tl.int64) * stride_ob + tl.cast(q_head, tl.int64) * stride_oh
     lse_base = Lse + tl.cast(batch_head, tl.int64) * q_len
 
