@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import torch
 import triton
 
 import sparseflash
+from results_file import save_results
 from sparseflash.kernels.backward import attention_backward
 from sparseflash.kernels.common import ForwardConfig  # noqa: F401 (for --forward-configs)
 from sparseflash.kernels.forward import attention_forward
@@ -79,10 +78,7 @@ def main() -> None:
             bwd = f"  bwd {r['bwd_ms']:7.3f} ms" if "bwd_ms" in r else ""
             print(f"{r['pattern']:<24} blocks {r['blocks']:>8}  partial {r['partial_blocks']:>7}  fwd {r['fwd_ms']:7.3f} ms{bwd}", flush=True)
         results.append({"forward_config": text, "rows": rows, "fit_per_sm": fit})
-    text = json.dumps({"gpu": torch.cuda.get_device_name(), "results": results}, indent=1)
-    Path(__file__).parent.joinpath("results", f"{args.name}.json").write_text(text)
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], f"{args.name}.json").write_text(text)
+    save_results(args.name, {"results": results})
 
 
 if __name__ == "__main__":

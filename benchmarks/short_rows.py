@@ -11,15 +11,14 @@ something else is reported WRONG, not timed.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 import triton
 
 import sparseflash
+from results_file import save_results
 from sparseflash.kernels.common import ForwardConfig, default_forward_config
 from sparseflash.kernels.forward import attention_forward
 
@@ -75,10 +74,7 @@ def main() -> None:
                 row["status"] = f"error: {type(exc).__name__}: {str(exc)[:120]}"
             print(json.dumps(row), flush=True)
             rows.append(row)
-    text = json.dumps({"gpu": torch.cuda.get_device_name(), "rows": rows}, indent=1)
-    Path(__file__).parent.joinpath("results", "short_rows.json").write_text(text)
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], "short_rows.json").write_text(text)
+    save_results("short_rows", {"rows": rows})
     print("\ncase                                   variant                       ms      vs default")
     for row in rows:
         case = f"{row['pattern']} {row['seq_len'] // 1024}k D{row['head_dim']}"

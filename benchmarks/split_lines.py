@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 import triton
 
 import sparseflash
+from results_file import save_results
 from sparseflash.kernels.backward import attention_backward
 from sparseflash.kernels.common import default_backward_config, default_forward_config
 from sparseflash.kernels.forward import attention_forward
@@ -61,10 +60,7 @@ def main() -> None:
                 row["bwd_speedup"] = row["bwd_ms_0"] / row["bwd_ms_auto"]
             print(json.dumps(row), flush=True)
             rows.append(row)
-    text = json.dumps({"gpu": torch.cuda.get_device_name(), "rows": rows}, indent=1)
-    Path(__file__).parent.joinpath("results", f"{args.name}.json").write_text(text)
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], f"{args.name}.json").write_text(text)
+    save_results(args.name, {"rows": rows})
 
 
 if __name__ == "__main__":

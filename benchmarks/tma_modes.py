@@ -11,15 +11,13 @@ each mode, and the ratio device / host (above 1: host descriptors faster).
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 import triton
 
 import sparseflash
+from results_file import save_results
 from sparseflash.kernels.backward import attention_backward
 from sparseflash.kernels.common import default_backward_config, default_forward_config
 from sparseflash.kernels.forward import attention_forward
@@ -69,10 +67,7 @@ def main() -> None:
             flush=True,
         )
         rows.append(row)
-    text = json.dumps({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__, "rows": rows}, indent=1)
-    Path(__file__).parent.joinpath("results", "tma_modes.json").write_text(text)
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], "tma_modes.json").write_text(text)
+    save_results("tma_modes", {"rows": rows})
 
 
 if __name__ == "__main__":
