@@ -316,12 +316,19 @@ def tma_supported(*tensors: torch.Tensor) -> bool:
     head_dim = first.shape[-1]
     if head_dim & (head_dim - 1):
         return False
-    for t in tensors:
-        if t.stride(-1) != 1 or t.data_ptr() % 16:
-            return False
-        if any(size > 1 and (stride <= 0 or (stride * t.element_size()) % 16) for size, stride in zip(t.shape[:-1], t.stride()[:-1])):
-            return False
-    return True
+    return all(_tma_layout_problem(t) is None for t in tensors)
+
+
+def _tma_layout_problem(t: torch.Tensor) -> str | None:
+    """Why TMA cannot address this (B, H, L, D) tensor's tiles, or None when it can."""
+    if t.stride(-1) != 1:
+        return f"stride {t.stride(-1)} along the head dim (1 needed)"
+    if t.data_ptr() % 16:
+        return "a base address not 16-byte aligned"
+    for dim, (size, stride) in enumerate(zip(t.shape[:-1], t.stride()[:-1])):
+        if size > 1 and (stride <= 0 or (stride * t.element_size()) % 16):
+            return f"stride {stride} in dim {dim} (a positive multiple of 16 bytes needed)"
+    return None
 
 
 # How kernels load their streamed tiles (the USE_TMA constexpr).
@@ -340,6 +347,12 @@ def tma_mode(choice, *tensors: torch.Tensor, prefer_host: bool = True) -> int:
         if not tma_supported(*tensors):
             return TMA_OFF.value
         choice = "host" if (prefer_host or not _KERNEL_DESCRIPTORS) and _TensorDescriptor is not None else "device"
+    if choice in (True, "host", "device"):
+        # An explicit choice on a layout TMA cannot address: say so, instead of Triton's assertion.
+        for t in tensors:
+            problem = _tma_layout_problem(t)
+            if problem is not None:
+                raise ValueError(f"tma={choice!r}: a {tuple(t.shape)} input has {problem}; use tma=None or False")
     if choice == "device":
         install_descriptor_allocator()
         return TMA_DEVICE.value

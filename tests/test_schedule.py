@@ -202,6 +202,13 @@ def test_tma_mode_choices():
     assert tma_mode(False, cpu) == TMA_OFF.value
     assert tma_mode(True, cpu) == tma_mode("host", cpu) == TMA_HOST.value
     assert tma_mode("device", cpu) == TMA_DEVICE.value
+    # An explicit choice on a layout TMA cannot address is refused by name, not left to Triton.
+    strided = torch.zeros(1, 1, 16, 32, dtype=torch.float16)[..., ::2]
+    with pytest.raises(ValueError, match=r"tma=True: a \(1, 1, 16, 16\) input has stride 2 along the head dim"):
+        tma_mode(True, cpu, strided)
+    odd_rows = torch.zeros(1, 1, 16, 12, dtype=torch.float16)[..., :8]  # rows 24 bytes apart
+    with pytest.raises(ValueError, match="stride 12 in dim 2"):
+        tma_mode("device", odd_rows)
 
 
 # The measured rule (common.prefer_host_descriptors): host descriptors for the forward unless one
