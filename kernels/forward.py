@@ -94,9 +94,8 @@ def _online_softmax_step(
 ):
     """Fold keys ``start_n + offs_n`` into the running (acc, m_i, l_i) of one query tile.
 
-    ``k_base``/``v_base`` point at the head's K and V; with USE_TMA (common.TMA_HOST) they are
-    (B, H, L, D) tensor descriptors read at [batch, kv_head], with TMA_DEVICE the head's (L, D)
-    descriptors (rows past kv_len arrive as zeros every way)."""
+    ``k_base``/``v_base``: from ``common.tile_source`` (pointers to the head's K and V, the
+    (B, H, L, D) host descriptors, or the head's own descriptors; rows past kv_len read as zeros)."""
     check_rows = MASK_MODE != _NO_MASK
     k = load_tile(k_base, batch, kv_head, start_n, offs_n, offs_d, stride_kn, stride_kd, kv_len, check_rows, BLOCK_N, HEAD_DIM, HEAD_DIM_PADDED, USE_TMA)  # [BLOCK_N, D]
     v = load_tile(v_base, batch, kv_head, start_n, offs_n, offs_d, stride_vn, stride_vd, kv_len, check_rows, BLOCK_N, HEAD_DIM, HEAD_DIM_PADDED, USE_TMA)  # [BLOCK_N, D]
