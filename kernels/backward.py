@@ -46,9 +46,8 @@ from .common import (
     row_list_arguments,
     schedule_constants,
     store_rows,
-    TMA_HOST,
     load_tile,
-    tile_descriptor,
+    streamed_tiles,
     tile_source,
     tma_mode,
     prefer_host_descriptors,
@@ -121,8 +120,8 @@ def _dkdv_step(
 ):
     """Add the contribution of queries ``start_m + offs_m`` to one key tile's dK and dV.
 
-    ``q_base``/``do_base``: pointers to the head's rows, or with TMA_HOST (B, H, L, D) tensor
-    descriptors read at [batch, q_head], with TMA_DEVICE the head's descriptors (rows past q_len read 0)."""
+    ``q_base``/``do_base``: from ``common.tile_source`` (pointers to the head's rows or tensor
+    descriptors; rows past q_len read as zeros)."""
     q = load_tile(q_base, batch, q_head, start_m, offs_m, offs_d, stride_qm, stride_qd, q_len, MASK_MODE != 0, BLOCK_M, HEAD_DIM, HEAD_DIM_PADDED, USE_TMA)  # [BLOCK_M, D]
     do = load_tile(do_base, batch, q_head, start_m, offs_m, offs_d, stride_dom, stride_dod, q_len, MASK_MODE != 0, BLOCK_M, HEAD_DIM, HEAD_DIM_PADDED, USE_TMA)  # [BLOCK_M, D]
     if MASK_MODE == _NO_MASK:
@@ -306,8 +305,8 @@ def _dq_step(
 ):
     """Add the contribution of keys ``start_n + offs_n`` to one query tile's dQ (unscaled).
 
-    ``k_base``/``v_base``: pointers to the head's rows, or with TMA_HOST (B, H, L, D) tensor
-    descriptors read at [batch, kv_head], with TMA_DEVICE the head's descriptors (rows past kv_len read 0)."""
+    ``k_base``/``v_base``: from ``common.tile_source`` (pointers to the head's rows or tensor
+    descriptors; rows past kv_len read as zeros)."""
     k = load_tile(k_base, batch, kv_head, start_n, offs_n, offs_d, stride_kn, stride_kd, kv_len, MASK_MODE != 0, BLOCK_N, HEAD_DIM, HEAD_DIM_PADDED, USE_TMA)  # [BLOCK_N, D]
     v = load_tile(v_base, batch, kv_head, start_n, offs_n, offs_d, stride_vn, stride_vd, kv_len, MASK_MODE != 0, BLOCK_N, HEAD_DIM, HEAD_DIM_PADDED, USE_TMA)  # [BLOCK_N, D]
     scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N], base 2
@@ -491,9 +490,9 @@ def attention_backward(
     dv = new_output(v.shape, v.dtype, v.device)
     full_runs = walk_full_blocks_as_runs(config, mask)
     use_tma = tma_mode(config.tma, q, k, v, dout, prefer_host=prefer_host_descriptors(mask, backward=True))
-    host_tma = use_tma == TMA_HOST
+    dkdv_tma, (q_tiles, do_tiles) = streamed_tiles(use_tma, config.block_m1, q, dout)
+    dq_tma, (k_tiles, v_tiles) = streamed_tiles(use_tma, config.block_n2, k, v)
     common = dict(
-        USE_TMA=use_tma,
         GROUP_SIZE=group_size,
         HEAD_DIM=head_dim,
         HEAD_DIM_PADDED=padded,
@@ -526,7 +525,7 @@ def attention_backward(
             dk_part = dv_part = dk  # unused
         column_lists = column_list_arguments(mask, q.device)
         _attention_backward_dkdv_kernel[dkdv_grid](
-            *((tile_descriptor(q, config.block_m1), k, v, tile_descriptor(dout, config.block_m1)) if host_tma else (q, k, v, dout)),
+            q_tiles, k, v, do_tiles,
             lse, delta, dk, dv, dk_part, dv_part,
             *column_lists[:-1], *item_arguments(column_plan, column_lists[-1]),
             *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(),
@@ -536,6 +535,7 @@ def attention_backward(
             **schedule_constants(column_schedule, mask.is_dense),
             FULL_RUNS=column_plan is None and full_runs,
             SPLIT=column_plan is not None,
+            USE_TMA=dkdv_tma,
             **common,
         )  # fmt: skip
         if column_plan is not None:
@@ -547,7 +547,7 @@ def attention_backward(
         dq_part = new_scratch(row_plan, batch * n_q_heads, mask.block_m, padded, q.device) if row_plan is not None else dq
         row_lists = row_list_arguments(mask, q.device)
         _attention_backward_dq_kernel[dq_grid](
-            *((q, tile_descriptor(k, config.block_n2), tile_descriptor(v, config.block_n2), dout) if host_tma else (q, k, v, dout)),
+            q, k_tiles, v_tiles, dout,
             lse, delta, dq, dq_part,
             *row_lists[:-1], *item_arguments(row_plan, row_lists[-1]),
             *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(),
@@ -557,6 +557,7 @@ def attention_backward(
             **schedule_constants(row_schedule, mask.is_dense),
             FULL_RUNS=row_plan is None and full_runs,
             SPLIT=row_plan is not None,
+            USE_TMA=dq_tma,
             **common,
         )  # fmt: skip
         if row_plan is not None:

@@ -50,9 +50,8 @@ from .common import (
     row_list_arguments,
     schedule_constants,
     store_rows,
-    TMA_HOST,
     load_tile,
-    tile_descriptor,
+    streamed_tiles,
     tile_source,
     tma_mode,
     prefer_host_descriptors,
@@ -360,7 +359,7 @@ def attention_forward(
         out_part = lse_part = out  # unused
     row_lists = row_list_arguments(mask, q.device)
     use_tma = tma_mode(config.tma, q, k, v, prefer_host=prefer_host_descriptors(mask, backward=False))
-    k_tiles, v_tiles = (tile_descriptor(k, config.block_n), tile_descriptor(v, config.block_n)) if use_tma == TMA_HOST else (k, v)
+    use_tma, (k_tiles, v_tiles) = streamed_tiles(use_tma, config.block_n, k, v)
     with on_device_of(q):
         _attention_forward_kernel[grid](
             q, k_tiles, v_tiles, out, lse, out_part, lse_part,

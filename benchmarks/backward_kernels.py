@@ -1,0 +1,85 @@
+"""Where the backward's time goes: each of its three kernels timed alone, per mask block.
+
+    python benchmarks/backward_kernels.py     # on a GPU; writes results/backward_kernels.json (and to $OUT)
+
+For each case, ``torch.profiler`` sums the GPU time of the preprocess, dK/dV and dQ kernels over
+20 calls of the backward with the default configs (bf16, D=128), and divides the dK/dV and dQ times
+by the non-empty mask blocks of all heads. ``below-diagonal`` is causal's blocks without the
+diagonal ones, all full (``mask_from_dense`` of ``i // 128 > j // 128``): set beside ``causal``, it
+prices the partial diagonal blocks; beside ``dense``, what shorter and uneven lines cost per block.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import triton
+
+import sparseflash
+from results_file import save_results
+from sparseflash.kernels.backward import attention_backward
+from sparseflash.kernels.forward import attention_forward
+
+KERNELS = {"_preprocess_kernel": "preprocess", "_attention_backward_dkdv_kernel": "dkdv", "_attention_backward_dq_kernel": "dq"}
+
+
+def below_diagonal(n: int, device) -> sparseflash.BlockMask:
+    rows = torch.arange(n, device=device) // 128
+    return sparseflash.mask_from_dense(rows[:, None] > rows[None, :], device=device)
+
+
+def masks(n: int) -> dict:
+    return {
+        "dense": sparseflash.compile_mask("dense", n, device="cuda"),
+        "causal": sparseflash.compile_mask("causal", n, device="cuda"),
+        "below-diagonal": below_diagonal(n, "cuda"),
+    }
+
+
+def kernel_times(run, calls: int = 20) -> dict:
+    """Mean GPU milliseconds per call of each backward kernel."""
+    run()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            run()
+        torch.cuda.synchronize()
+    times = dict.fromkeys(KERNELS.values(), 0.0)
+    for event in prof.events():
+        for kernel, short in KERNELS.items():
+            if event.name.startswith(kernel):
+                times[short] += event.device_time / 1e3 / calls
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seq-lens", default="8192,32768")
+    parser.add_argument("--name", default="backward_kernels")
+    args = parser.parse_args()
+    rows = []
+    for n in (int(x) for x in args.seq_lens.split(",")):
+        batch, heads, head_dim = (2, 16, 128) if n <= 8192 else (1, 16, 128)
+        q, k, v, dout = (torch.randn(batch, heads, n, head_dim, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+        scale = head_dim**-0.5
+        for name, mask in masks(n).items():
+            out, lse = attention_forward(q, k, v, mask, scale)
+            times = kernel_times(lambda: attention_backward(dout, q, k, v, out, lse, mask, scale))
+            total = triton.testing.do_bench(lambda: attention_backward(dout, q, k, v, out, lse, mask, scale))
+            blocks = (mask.n_q_blocks * mask.n_kv_blocks if mask.is_dense else mask.n_full + mask.n_partial) * batch * heads
+            row = {"case": f"{name} {n // 1024}k", "blocks": blocks, "do_bench_ms": total, **{f"{k}_ms": t for k, t in times.items()}}
+            for kernel in ("dkdv", "dq"):
+                row[f"{kernel}_us_per_1k_blocks"] = times[kernel] * 1e6 / blocks
+            print(
+                f"{row['case']:<20} blocks {blocks:>8}  total {total:7.3f} ms  preprocess {times['preprocess']:6.3f}"
+                f"  dkdv {times['dkdv']:7.3f} ({row['dkdv_us_per_1k_blocks']:6.2f} us/1k blocks)"
+                f"  dq {times['dq']:7.3f} ({row['dq_us_per_1k_blocks']:6.2f})",
+                flush=True,
+            )
+            rows.append(row)
+    save_results(args.name, {"rows": rows})
+
+
+if __name__ == "__main__":
+    main()
