@@ -47,7 +47,10 @@ from .common import (
     schedule_constants,
     store_rows,
     load_tile,
+    run_tile_start,
+    run_tiles,
     streamed_tiles,
+    WALK_NESTED,
     tile_source,
     tma_mode,
     prefer_host_descriptors,
@@ -58,6 +61,10 @@ _NO_MASK = tl.constexpr(0)  # full block (or a whole dense tile)
 _TILE_MASK = tl.constexpr(1)  # partial block: the uint8 tile (0 also on padding)
 _BOUNDS_MASK = tl.constexpr(2)  # last tile of a dense walk: rows past the sequence end
 _LOG2E_JIT = tl.constexpr(LOG2E)
+
+# Walks of runs of full blocks (experiment): common.WALK_*; one per kernel.
+DKDV_WALK = 0
+DQ_WALK = 0
 
 
 @triton.jit
@@ -171,6 +178,7 @@ def _attention_backward_dkdv_kernel(
     FULL_RUNS: tl.constexpr,
     SPLIT: tl.constexpr,
     USE_TMA: tl.constexpr,
+    WALK: tl.constexpr,
 ):  # fmt: skip
     start_n, batch_head, item_begin, item_end, slot = program_item(
         item_lines, item_begins, item_ends, item_slots, BLOCK_N, MASK_BLOCK_N, HEAVY_FIRST, HEADS_FASTEST, SPLIT
@@ -211,7 +219,7 @@ def _attention_backward_dkdv_kernel(
             n_whole_tiles = q_len // BLOCK_M
             for tile in range(0, n_whole_tiles):
                 dk, dv = _dkdv_step(
-                    dk, dv, k, v, q_base, do_base, batch, q_head, lse_base, delta_base, tile * BLOCK_M, offs_m, offs_d,
+                    dk, dv, k, v, q_base, do_base, batch, q_head, lse_base, delta_base, run_tile_start(0, n_whole_tiles, tile, BLOCK_M, WALK), offs_m, offs_d,
                     stride_qm, stride_qd, stride_dom, stride_dod, q_len, qk_scale, 0,
                     _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_M,
                 )  # fmt: skip
@@ -226,15 +234,35 @@ def _attention_backward_dkdv_kernel(
                 # Runs of consecutive full blocks: affine offsets the compiler can prefetch (forward.py).
                 run_begin = tl.load(full_q_run_offsets + mask_col)
                 run_end = tl.load(full_q_run_offsets + mask_col + 1)
-                for run in range(run_begin, run_end):
-                    first_query = tl.load(full_q_run_starts + run) * MASK_BLOCK_M
-                    last_query = tl.load(full_q_run_ends + run) * MASK_BLOCK_M
-                    for start_m in range(first_query, last_query, BLOCK_M):
+                if WALK == WALK_NESTED:
+                    for run in range(run_begin, run_end):
+                        first_query = tl.load(full_q_run_starts + run) * MASK_BLOCK_M
+                        last_query = tl.load(full_q_run_ends + run) * MASK_BLOCK_M
+                        for start_m in range(first_query, last_query, BLOCK_M):
+                            dk, dv = _dkdv_step(
+                                dk, dv, k, v, q_base, do_base, batch, q_head, lse_base, delta_base, start_m, offs_m, offs_d,
+                                stride_qm, stride_qd, stride_dom, stride_dod, q_len, qk_scale, 0,
+                                _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_M,
+                            )  # fmt: skip
+                else:
+                    # The first run walked gets a top-level loop of its own (as in forward.py).
+                    first_query, n_tiles = run_tiles(full_q_run_starts, full_q_run_ends, run_begin, run_end, 0, MASK_BLOCK_M, BLOCK_M, WALK)
+                    for tile in range(0, n_tiles):
                         dk, dv = _dkdv_step(
-                            dk, dv, k, v, q_base, do_base, batch, q_head, lse_base, delta_base, start_m, offs_m, offs_d,
+                            dk, dv, k, v, q_base, do_base, batch, q_head, lse_base, delta_base,
+                            run_tile_start(first_query, n_tiles, tile, BLOCK_M, WALK), offs_m, offs_d,
                             stride_qm, stride_qd, stride_dom, stride_dod, q_len, qk_scale, 0,
                             _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_M,
                         )  # fmt: skip
+                    for nth_run in range(1, run_end - run_begin):
+                        first_query, n_tiles = run_tiles(full_q_run_starts, full_q_run_ends, run_begin, run_end, nth_run, MASK_BLOCK_M, BLOCK_M, WALK)
+                        for tile in range(0, n_tiles):
+                            dk, dv = _dkdv_step(
+                                dk, dv, k, v, q_base, do_base, batch, q_head, lse_base, delta_base,
+                                run_tile_start(first_query, n_tiles, tile, BLOCK_M, WALK), offs_m, offs_d,
+                                stride_qm, stride_qd, stride_dom, stride_dod, q_len, qk_scale, 0,
+                                _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_M,
+                            )  # fmt: skip
             else:
                 for step in range(full_begin * M_STEPS, full_end * M_STEPS):
                     q_block = tl.load(full_q_indices + step // M_STEPS)
@@ -348,6 +376,7 @@ def _attention_backward_dq_kernel(
     FULL_RUNS: tl.constexpr,
     SPLIT: tl.constexpr,
     USE_TMA: tl.constexpr,
+    WALK: tl.constexpr,
 ):  # fmt: skip
     start_m, batch_head, item_begin, item_end, slot = program_item(
         item_lines, item_begins, item_ends, item_slots, BLOCK_M, MASK_BLOCK_M, HEAVY_FIRST, HEADS_FASTEST, SPLIT
@@ -378,7 +407,7 @@ def _attention_backward_dq_kernel(
         n_whole_tiles = kv_len // BLOCK_N
         for tile in range(0, n_whole_tiles):
             dq = _dq_step(
-                dq, q, do, lse2, delta, k_base, v_base, batch, kv_head, tile * BLOCK_N, offs_n, offs_d,
+                dq, q, do, lse2, delta, k_base, v_base, batch, kv_head, run_tile_start(0, n_whole_tiles, tile, BLOCK_N, WALK), offs_n, offs_d,
                 stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
                 _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N,
             )  # fmt: skip
@@ -399,15 +428,34 @@ def _attention_backward_dq_kernel(
         if FULL_RUNS:
             run_begin = tl.load(full_kv_run_offsets + mask_row)
             run_end = tl.load(full_kv_run_offsets + mask_row + 1)
-            for run in range(run_begin, run_end):
-                first_key = tl.load(full_kv_run_starts + run) * MASK_BLOCK_N
-                last_key = tl.load(full_kv_run_ends + run) * MASK_BLOCK_N
-                for start_n in range(first_key, last_key, BLOCK_N):
+            if WALK == WALK_NESTED:
+                for run in range(run_begin, run_end):
+                    first_key = tl.load(full_kv_run_starts + run) * MASK_BLOCK_N
+                    last_key = tl.load(full_kv_run_ends + run) * MASK_BLOCK_N
+                    for start_n in range(first_key, last_key, BLOCK_N):
+                        dq = _dq_step(
+                            dq, q, do, lse2, delta, k_base, v_base, batch, kv_head, start_n, offs_n, offs_d,
+                            stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
+                            _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N,
+                        )  # fmt: skip
+            else:
+                first_key, n_tiles = run_tiles(full_kv_run_starts, full_kv_run_ends, run_begin, run_end, 0, MASK_BLOCK_N, BLOCK_N, WALK)
+                for tile in range(0, n_tiles):
                     dq = _dq_step(
-                        dq, q, do, lse2, delta, k_base, v_base, batch, kv_head, start_n, offs_n, offs_d,
+                        dq, q, do, lse2, delta, k_base, v_base, batch, kv_head,
+                        run_tile_start(first_key, n_tiles, tile, BLOCK_N, WALK), offs_n, offs_d,
                         stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
                         _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N,
                     )  # fmt: skip
+                for nth_run in range(1, run_end - run_begin):
+                    first_key, n_tiles = run_tiles(full_kv_run_starts, full_kv_run_ends, run_begin, run_end, nth_run, MASK_BLOCK_N, BLOCK_N, WALK)
+                    for tile in range(0, n_tiles):
+                        dq = _dq_step(
+                            dq, q, do, lse2, delta, k_base, v_base, batch, kv_head,
+                            run_tile_start(first_key, n_tiles, tile, BLOCK_N, WALK), offs_n, offs_d,
+                            stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
+                            _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N,
+                        )  # fmt: skip
         else:
             for step in range(full_begin * N_STEPS, full_end * N_STEPS):
                 kv_block = tl.load(full_kv_indices + step // N_STEPS)
@@ -536,6 +584,7 @@ def attention_backward(
             FULL_RUNS=column_plan is None and full_runs,
             SPLIT=column_plan is not None,
             USE_TMA=dkdv_tma,
+            WALK=DKDV_WALK,
             **common,
         )  # fmt: skip
         if column_plan is not None:
@@ -558,6 +607,7 @@ def attention_backward(
             FULL_RUNS=row_plan is None and full_runs,
             SPLIT=row_plan is not None,
             USE_TMA=dq_tma,
+            WALK=DQ_WALK,
             **common,
         )  # fmt: skip
         if row_plan is not None:

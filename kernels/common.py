@@ -461,6 +461,33 @@ def head_dim_padded(head_dim: int) -> int:
 # ---------------------------------------------------------------------------------- jit helpers
 
 
+# How kernels walk runs of consecutive full blocks (the WALK constexpr).
+WALK_NESTED = tl.constexpr(0)  # a loop over runs around a loop over each run's tiles
+WALK_FORWARD = tl.constexpr(1)  # the first run in a top-level loop, tiles counted from 0 (affine offsets)
+WALK_REVERSE = tl.constexpr(2)  # likewise from the last run and its last tile backwards
+
+
+@triton.jit
+def run_tiles(run_starts, run_ends, run_begin, run_end, nth_run, MASK_BLOCK: tl.constexpr, BLOCK: tl.constexpr, WALK: tl.constexpr):
+    """First row (key) of the ``nth_run``-th run walked, of runs ``run_begin:run_end``, and its
+    number of BLOCK-row tiles (0 past the last run)."""
+    if WALK == WALK_REVERSE:
+        run = run_end - 1 - nth_run
+    else:
+        run = run_begin + nth_run
+    exists = nth_run < run_end - run_begin
+    first = tl.load(run_starts + run, mask=exists, other=0) * MASK_BLOCK
+    return first, (tl.load(run_ends + run, mask=exists, other=0) * MASK_BLOCK - first) // BLOCK
+
+
+@triton.jit
+def run_tile_start(first, n_tiles, tile, BLOCK: tl.constexpr, WALK: tl.constexpr):
+    """First row of the ``tile``-th tile walked of a run of ``n_tiles`` tiles from row ``first``."""
+    if WALK == WALK_REVERSE:
+        return first + (n_tiles - 1 - tile) * BLOCK
+    return first + tile * BLOCK
+
+
 @triton.jit
 def tile_source(
     T, batch, head, stride_b, stride_h, stride_row, n_rows,

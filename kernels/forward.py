@@ -51,12 +51,17 @@ from .common import (
     schedule_constants,
     store_rows,
     load_tile,
+    run_tile_start,
+    run_tiles,
     streamed_tiles,
     tile_source,
     tma_mode,
     prefer_host_descriptors,
 )
 from .split import item_arguments, item_block_ranges, merge_softmax, new_scratch, plan_for, program_item, scratch_rows
+
+# Walk of runs of full blocks (experiment): common.WALK_FORWARD or WALK_REVERSE.
+FORWARD_WALK = 1
 
 # How a step masks its scores.
 _NO_MASK = tl.constexpr(0)  # full block (or a whole dense tile): nothing to mask
@@ -171,6 +176,7 @@ def _attention_forward_kernel(
     LIST_SLOTS: tl.constexpr,
     SPLIT: tl.constexpr,
     USE_TMA: tl.constexpr,
+    WALK: tl.constexpr,
 ):  # fmt: skip
     start_m, batch_head, item_begin, item_end, slot = program_item(
         item_lines, item_begins, item_ends, item_slots, BLOCK_M, MASK_BLOCK_M, HEAVY_FIRST, HEADS_FASTEST, SPLIT
@@ -199,7 +205,7 @@ def _attention_forward_kernel(
         n_whole_tiles = kv_len // BLOCK_N
         for tile in range(0, n_whole_tiles):
             acc, m_i, l_i = _online_softmax_step(
-                acc, m_i, l_i, q, k_base, v_base, batch, kv_head, tile * BLOCK_N, offs_n, offs_d,
+                acc, m_i, l_i, q, k_base, v_base, batch, kv_head, run_tile_start(0, n_whole_tiles, tile, BLOCK_N, WALK), offs_n, offs_d,
                 stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
                 _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N,
             )  # fmt: skip
@@ -224,24 +230,21 @@ def _attention_forward_kernel(
             # Long runs of consecutive full blocks: inside a run the key offset is affine in the
             # loop counter, as in dense attention, so the compiler can prefetch K and V stages
             # ahead (a block list with every block listed ran 27% slower than dense). The first run
-            # gets a loop of its own, outside the loop over runs, like dense attention's loop.
+            # walked gets a loop of its own, outside the loop over runs, like dense attention's loop.
             run_begin = tl.load(full_kv_run_offsets + mask_row)
             run_end = tl.load(full_kv_run_offsets + mask_row + 1)
-            has_run = run_begin < run_end
-            first_key = tl.load(full_kv_run_starts + run_begin, mask=has_run, other=0) * MASK_BLOCK_N
-            last_key = tl.load(full_kv_run_ends + run_begin, mask=has_run, other=0) * MASK_BLOCK_N
-            for start_n in range(first_key, last_key, BLOCK_N):
+            first_key, n_tiles = run_tiles(full_kv_run_starts, full_kv_run_ends, run_begin, run_end, 0, MASK_BLOCK_N, BLOCK_N, WALK)
+            for tile in range(0, n_tiles):
                 acc, m_i, l_i = _online_softmax_step(
-                    acc, m_i, l_i, q, k_base, v_base, batch, kv_head, start_n, offs_n, offs_d,
+                    acc, m_i, l_i, q, k_base, v_base, batch, kv_head, run_tile_start(first_key, n_tiles, tile, BLOCK_N, WALK), offs_n, offs_d,
                     stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
                     _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N,
                 )  # fmt: skip
-            for run in range(run_begin + 1, run_end):
-                first_key = tl.load(full_kv_run_starts + run) * MASK_BLOCK_N
-                last_key = tl.load(full_kv_run_ends + run) * MASK_BLOCK_N
-                for start_n in range(first_key, last_key, BLOCK_N):
+            for nth_run in range(1, run_end - run_begin):
+                first_key, n_tiles = run_tiles(full_kv_run_starts, full_kv_run_ends, run_begin, run_end, nth_run, MASK_BLOCK_N, BLOCK_N, WALK)
+                for tile in range(0, n_tiles):
                     acc, m_i, l_i = _online_softmax_step(
-                        acc, m_i, l_i, q, k_base, v_base, batch, kv_head, start_n, offs_n, offs_d,
+                        acc, m_i, l_i, q, k_base, v_base, batch, kv_head, run_tile_start(first_key, n_tiles, tile, BLOCK_N, WALK), offs_n, offs_d,
                         stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
                         _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N,
                     )  # fmt: skip
@@ -379,6 +382,7 @@ def attention_forward(
             LIST_SLOTS=config.list_slots or 0,
             SPLIT=plan is not None,
             USE_TMA=use_tma,
+            WALK=FORWARD_WALK,
             DOT_PRECISION=dot_precision(q.dtype, allow_tf32),
             num_warps=config.num_warps,
             num_stages=config.num_stages,
