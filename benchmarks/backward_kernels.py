@@ -10,8 +10,9 @@ prices the partial diagonal blocks; beside ``dense``, what shorter and uneven li
 ``listed`` is ``local(N)``: every pair allowed, every block listed as full.
 
 ``--walks`` repeats each case with other ways of walking runs of full blocks
-(``backward.DKDV_WALK``/``DQ_WALK``: 0 nested loops, 1 forward with the first run at top level,
-2 reverse), given as dK/dV walk, dQ walk pairs such as ``0:0,1:1,2:1``. ``--forward-walks`` times
+(``backward.DKDV_WALK``/``DQ_WALK``: 1 forwards, 2 backwards; ``common.WALK_*``), given as dK/dV
+walk, dQ walk pairs such as ``1:1,2:1``. (Before commit 0000000 there was a third, 0: a loop over
+runs around a loop over tiles; results/backward_walks*.json have it.) ``--forward-walks`` times
 the forward kernel with each of the given walks (``forward.FORWARD_WALK``) too.
 """
 
@@ -66,17 +67,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seq-lens", default="8192,32768")
     parser.add_argument("--name", default="backward_kernels")
-    parser.add_argument("--walks", default="0:0", help="comma-separated dK/dV:dQ walk pairs for the sparse cases")
+    parser.add_argument("--walks", default="2:1", help="comma-separated dK/dV:dQ walk pairs for the sparse cases")
     parser.add_argument("--forward-walks", default="", help="comma-separated forward walks to time as well")
     args = parser.parse_args()
     rows = []
+    default_forward_walk = forward.FORWARD_WALK
     for n in (int(x) for x in args.seq_lens.split(",")):
         batch, heads, head_dim = (2, 16, 128) if n <= 8192 else (1, 16, 128)
         q, k, v, dout = (torch.randn(batch, heads, n, head_dim, device="cuda", dtype=torch.bfloat16) for _ in range(4))
         scale = head_dim**-0.5
         for (name, mask), walks in ((item, walks) for item in masks(n).items() for walks in args.walks.split(",")):
             backward.DKDV_WALK, backward.DQ_WALK = (int(w) for w in walks.split(":"))
-            forward.FORWARD_WALK = 1
             out, lse = attention_forward(q, k, v, mask, scale)
             times = kernel_times(lambda: attention_backward(dout, q, k, v, out, lse, mask, scale))
             total = triton.testing.do_bench(lambda: attention_backward(dout, q, k, v, out, lse, mask, scale))
@@ -98,7 +99,7 @@ def main() -> None:
                 fwd = triton.testing.do_bench(lambda: attention_forward(q, k, v, mask, scale))
                 print(f"{name} {n // 1024}k forward walk {walk}: {fwd:7.3f} ms", flush=True)
                 rows.append({"case": f"{name} {n // 1024}k forward walk {walk}", "fwd_ms": fwd})
-            forward.FORWARD_WALK = 1
+            forward.FORWARD_WALK = default_forward_walk
     save_results(args.name, {"rows": rows})
 
 

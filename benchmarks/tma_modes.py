@@ -2,13 +2,11 @@
 
     python benchmarks/tma_modes.py            # on a GPU; writes results/tma_modes.json (and to $OUT)
 
-Kernel-built descriptors (``device``) cost every program a global write and a proxy fence before
-its first tile load; host-built ones, passed as arguments, do not. Host descriptors come in two
-shapes: 4-D (B, H, L, D) ones read as [1, 1, rows, D] boxes and reshaped in the kernel (``host-4d``),
-and 2-D ones over the (B*H*L, D) rows (``host-rows``, where no tile crosses a head's end:
-``common.rows_flatten``). For each case, the default configs' forward and backward kernel times
-(``do_bench`` medians, the modes alternated twice, the mean of the two) with each mode, and the
-ratios other mode / host-rows (above 1: the 2-D host descriptors faster).
+Kernel-built descriptors (``"device"``) cost every program a global write and a proxy fence before
+its first tile load; host-built ones (``"host"``, (B, H, L, D) descriptors passed as arguments) do
+not, but are 4-D and reshaped in the kernel. For each case, the default configs' forward and
+backward kernel times (``do_bench`` medians, the modes alternated twice, the mean of the two) with
+each mode, and the ratio device / host (above 1: host descriptors faster).
 """
 
 from __future__ import annotations
@@ -22,7 +20,6 @@ import triton
 import sparseflash
 from results_file import save_results
 from sparseflash.kernels.backward import attention_backward
-import sparseflash.kernels.common as kernel_common
 from sparseflash.kernels.common import default_backward_config, default_forward_config
 from sparseflash.kernels.forward import attention_forward
 
@@ -38,8 +35,7 @@ CASES = [
     ("local1k&causal-32k-d64", "local(1k) & causal", 32768, 64, 1, 32),
     ("chunk128-32k-d128", "chunk(128)", 32768, 128, 1, 16),
 ]
-# mode name -> (the configs' tma, whether host descriptors may be 2-D)
-MODES = {"device": ("device", True), "host-4d": ("host", False), "host-rows": ("host", True)}
+MODES = ("device", "host")
 
 
 def main() -> None:
@@ -54,10 +50,9 @@ def main() -> None:
         times = {f"{pass_}_{mode}": [] for pass_ in ("fwd", "bwd") for mode in MODES}
         outputs = {}
         for _ in range(2):
-            for mode, (tma, row_descriptors) in MODES.items():
-                kernel_common.ROW_DESCRIPTORS = row_descriptors
-                fwd_config = replace(default_forward_config(head_dim, q.dtype, mask), tma=tma)
-                bwd_config = replace(default_backward_config(head_dim, q.dtype, mask), tma=tma)
+            for mode in MODES:
+                fwd_config = replace(default_forward_config(head_dim, q.dtype, mask), tma=mode)
+                bwd_config = replace(default_backward_config(head_dim, q.dtype, mask), tma=mode)
                 out, lse = attention_forward(q, k, v, mask, scale, config=fwd_config)
                 grads = attention_backward(dout, q, k, v, out, lse, mask, scale, config=bwd_config)
                 outputs[mode] = (out, lse, *grads)
@@ -66,18 +61,15 @@ def main() -> None:
                     triton.testing.do_bench(lambda: attention_backward(dout, q, k, v, out, lse, mask, scale, config=bwd_config))
                 )
         row = {"case": name, **{key: sum(t) / len(t) for key, t in times.items()}}
-        kernel_common.ROW_DESCRIPTORS = True
-        # The modes read the same tiles: the results must agree to the last bit or nearly so.
-        row["max_difference"] = max(
-            (a.float() - b.float()).abs().max().item() for mode in MODES for a, b in zip(outputs[mode], outputs["host-rows"])
-        )
-        line = f"{name:<28}"
+        # The two modes read the same tiles: the results must agree to the last bit or nearly so.
+        row["max_difference"] = max((a.float() - b.float()).abs().max().item() for a, b in zip(outputs["device"], outputs["host"]))
         for pass_ in ("fwd", "bwd"):
-            line += f" {pass_} host-rows {row[f'{pass_}_host-rows']:8.3f} ms"
-            for mode in ("device", "host-4d"):
-                row[f"{pass_}_{mode}_over_rows"] = row[f"{pass_}_{mode}"] / row[f"{pass_}_host-rows"]
-                line += f" {mode} {row[f'{pass_}_{mode}_over_rows']:.3f}x"
-        print(line + f"  diff {row['max_difference']:.1e}", flush=True)
+            row[f"{pass_}_host_speedup"] = row[f"{pass_}_device"] / row[f"{pass_}_host"]
+        print(
+            f"{name:<28} fwd {row['fwd_device']:8.3f} -> {row['fwd_host']:8.3f} ms ({row['fwd_host_speedup']:.3f}x)  "
+            f"bwd {row['bwd_device']:8.3f} -> {row['bwd_host']:8.3f} ms ({row['bwd_host_speedup']:.3f}x)  diff {row['max_difference']:.1e}",
+            flush=True,
+        )
         rows.append(row)
     save_results(args.name, {"rows": rows})
 

@@ -335,11 +335,6 @@ def _tma_layout_problem(t: torch.Tensor) -> str | None:
 TMA_OFF = tl.constexpr(0)  # pointer loads
 TMA_HOST = tl.constexpr(1)  # TMA through (B, H, L, D) descriptors built on the host: tile_descriptor
 TMA_DEVICE = tl.constexpr(2)  # TMA through per-head descriptors each program builds (tl.make_tensor_descriptor)
-TMA_HOST_ROWS = tl.constexpr(3)  # TMA through 2-D (B*H*L, D) descriptors built on the host: row_descriptor
-
-# Whether host descriptors may take the 2-D form where the layout allows (row_descriptor); the
-# 4-D form otherwise. Benchmarks turn it off to compare the two.
-ROW_DESCRIPTORS = True
 
 
 def tma_mode(choice, *tensors: torch.Tensor, prefer_host: bool = True) -> int:
@@ -403,43 +398,18 @@ def tile_descriptor(t: torch.Tensor, block_rows: int):
     return _TensorDescriptor(t, list(t.shape), strides, [1, 1, block_rows, t.shape[-1]])
 
 
-def row_descriptor(t: torch.Tensor, block_rows: int):
-    """A host-side descriptor of a (B, H, L, D) tensor seen as its (B*H*L, D) matrix of rows, with
-    [block_rows, D] boxes, or None where that view would be wrong (:func:`rows_flatten`).
-
-    Triton 3.6 ran the 4-D form of :func:`tile_descriptor` slower per tile than descriptors built in
-    the kernel under long rows and in the backward; the 2-D form is the shape those are.
-    """
-    if not rows_flatten(t, block_rows):
-        return None
-    batch, heads, length, head_dim = t.shape
-    return _TensorDescriptor(t, [batch * heads * length, head_dim], [t.stride(2), 1], [block_rows, head_dim])
-
-
-def rows_flatten(t: torch.Tensor, block_rows: int) -> bool:
-    """Whether a (B, H, L, D) tensor's rows form one evenly strided (B*H*L, D) matrix whose
-    block_rows-row tiles (at multiples of block_rows) never cross from one head into the next: then
-    a 2-D descriptor reads the same tiles as the per-head ones, zero-filling never needed."""
-    batch, heads, length, _ = t.shape
-    row = t.stride(2)
-    return (
-        length % block_rows == 0
-        and (heads == 1 or t.stride(1) == length * row)
-        and (batch == 1 or t.stride(0) == heads * length * row)
-        and batch * heads * length < 2**31  # TMA coordinates are 32-bit
-    )
-
-
 def streamed_tiles(use_tma: int, block_rows: int, *tensors: torch.Tensor) -> tuple:
-    """``(USE_TMA, sources)``: what a kernel that streams ``block_rows``-row tiles of these (B, H,
-    L, D) tensors takes in their place, for a :func:`tma_mode` result. Host descriptors are 2-D
-    (TMA_HOST_ROWS) when every tensor's rows flatten, else 4-D (TMA_HOST); other modes take the
-    tensors themselves."""
+    """What a kernel that streams ``block_rows``-row tiles of these (B, H, L, D) tensors takes in
+    their place, for a :func:`tma_mode` result: with TMA_HOST their :func:`tile_descriptor`, else
+    the tensors themselves.
+
+    Measured and not kept (H200, Triton 3.6, benchmarks/results/tma_modes_3.json): 2-D descriptors
+    over the (B*H*L, D) rows, where no tile crosses a head's end, instead of the 4-D ones. Their
+    forward was 3-8% slower (dense 8k, D=128: 2.126 against 1.956 ms), their backward 4% faster
+    on dense rows and 4% slower on short ones."""
     if use_tma != TMA_HOST.value:
-        return use_tma, tensors
-    if ROW_DESCRIPTORS and all(rows_flatten(t, block_rows) for t in tensors):
-        return TMA_HOST_ROWS.value, tuple(row_descriptor(t, block_rows) for t in tensors)
-    return TMA_HOST.value, tuple(tile_descriptor(t, block_rows) for t in tensors)
+        return tensors
+    return tuple(tile_descriptor(t, block_rows) for t in tensors)
 
 
 def check_tile(name: str, tile: int, mask_block: int, is_dense: bool):
@@ -462,9 +432,10 @@ def head_dim_padded(head_dim: int) -> int:
 
 
 # How kernels walk runs of consecutive full blocks (the WALK constexpr).
-WALK_NESTED = tl.constexpr(0)  # a loop over runs around a loop over each run's tiles
-WALK_FORWARD = tl.constexpr(1)  # the first run in a top-level loop, tiles counted from 0 (affine offsets)
-WALK_REVERSE = tl.constexpr(2)  # likewise from the last run and its last tile backwards
+# Both give the first run walked a top-level loop of its own, and tile offsets affine in the loop
+# counter, which the compiler can prefetch stages ahead (forward.py says what that gained).
+WALK_FORWARD = tl.constexpr(1)  # runs in order, each from its first tile
+WALK_REVERSE = tl.constexpr(2)  # from the last run and its last tile backwards
 
 
 @triton.jit
@@ -494,14 +465,10 @@ def tile_source(
     BLOCK_ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, USE_TMA: tl.constexpr,
 ):  # fmt: skip
     """Where a kernel streams one head's (n_rows, D) tiles from, for :func:`load_tile`: with
-    TMA_HOST the (B, H, L, D) host descriptor ``T`` itself, with TMA_HOST_ROWS the (B*H*L, D) host
-    descriptor and the head's first row in it, with TMA_DEVICE a descriptor of the head built here,
-    else a pointer to the head's first row."""
+    TMA_HOST the (B, H, L, D) host descriptor ``T`` itself, with TMA_DEVICE a descriptor of the
+    head built here, else a pointer to the head's first row."""
     if USE_TMA == TMA_HOST:
         source = T
-    elif USE_TMA == TMA_HOST_ROWS:
-        # The rows flatten (common.rows_flatten): stride_b and stride_h are whole numbers of rows.
-        source = (T, batch * (stride_b // stride_row) + head * (stride_h // stride_row))
     else:
         source = T + tl.cast(batch, tl.int64) * stride_b + tl.cast(head, tl.int64) * stride_h
         if USE_TMA == TMA_DEVICE:
@@ -519,8 +486,6 @@ def load_tile(
     HEAD_DIM_PADDED] tile, zero past ``n_rows`` (descriptors always; pointers when CHECK_ROWS)."""
     if USE_TMA == TMA_HOST:
         tile = source.load([batch, head, first_row, 0]).reshape(BLOCK_ROWS, HEAD_DIM)
-    elif USE_TMA == TMA_HOST_ROWS:
-        tile = source[0].load([source[1] + first_row, 0])
     elif USE_TMA == TMA_DEVICE:
         tile = source.load([first_row, 0])
     else:

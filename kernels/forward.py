@@ -54,14 +54,18 @@ from .common import (
     run_tile_start,
     run_tiles,
     streamed_tiles,
+    WALK_REVERSE,
     tile_source,
     tma_mode,
     prefer_host_descriptors,
 )
 from .split import item_arguments, item_block_ranges, merge_softmax, new_scratch, plan_for, program_item, scratch_rows
 
-# Walk of runs of full blocks (experiment): common.WALK_FORWARD or WALK_REVERSE.
-FORWARD_WALK = 1
+# The order in which the forward walks runs of full blocks and dense rows (common.WALK_*): keys
+# from the last backwards measured 1-10% faster (dense 32k: 16.10 -> 15.22 ms; causal 8k: 1.101 ->
+# 1.075; every block of causal below the diagonal at 32k: 8.84 -> 7.94), H200,
+# benchmarks/backward_kernels.py --forward-walks 1,2 (results/backward_walks_2.json).
+FORWARD_WALK = WALK_REVERSE.value
 
 # How a step masks its scores.
 _NO_MASK = tl.constexpr(0)  # full block (or a whole dense tile): nothing to mask
@@ -362,7 +366,7 @@ def attention_forward(
         out_part = lse_part = out  # unused
     row_lists = row_list_arguments(mask, q.device)
     use_tma = tma_mode(config.tma, q, k, v, prefer_host=prefer_host_descriptors(mask, backward=False))
-    use_tma, (k_tiles, v_tiles) = streamed_tiles(use_tma, config.block_n, k, v)
+    k_tiles, v_tiles = streamed_tiles(use_tma, config.block_n, k, v)
     with on_device_of(q):
         _attention_forward_kernel[grid](
             q, k_tiles, v_tiles, out, lse, out_part, lse_part,

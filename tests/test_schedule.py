@@ -7,7 +7,9 @@ from attention_oracle import check_close, reference_attention
 import sparseflash
 
 pytest.importorskip("triton")  # the kernels need it; without it only the torch path is tested
+import sparseflash.kernels.backward as backward_kernels  # noqa: E402
 import sparseflash.kernels.common as kernels  # noqa: E402
+import sparseflash.kernels.forward as forward_kernel  # noqa: E402
 from sparseflash.kernels.backward import attention_backward  # noqa: E402
 from sparseflash.kernels.common import BackwardConfig, ForwardConfig, Schedule, auto_schedule  # noqa: E402
 from sparseflash.kernels.forward import attention_forward  # noqa: E402
@@ -31,10 +33,17 @@ def test_every_schedule_matches_the_oracle(schedule, pattern, length, monkeypatc
     check_kernels_against_oracle(q, k, v, dout, mask, allowed, schedule=schedule)
 
 
-# Both ways of walking full blocks: as runs of consecutive blocks, and one listed block at a time.
+# Both ways of walking full blocks: as runs of consecutive blocks, and one listed block at a time;
+# runs (and dense rows, whose last tile is cut by the sequence end) forwards and backwards.
+@pytest.mark.parametrize("walk", ["forward", "reverse"])
 @pytest.mark.parametrize("full_runs", [False, True], ids=["block-list", "runs"])
-@pytest.mark.parametrize("pattern", ["causal", "chunk(48) + sink(3) - local(2)"])
-def test_full_block_walks_match_the_oracle(pattern, full_runs, monkeypatch):
+@pytest.mark.parametrize("pattern", ["causal", "chunk(48) + sink(3) - local(2)", "dense"])
+def test_full_block_walks_match_the_oracle(pattern, full_runs, walk, monkeypatch):
+    if pattern == "dense" and not full_runs:
+        pytest.skip("dense rows have no block list")
+    order = {"forward": kernels.WALK_FORWARD.value, "reverse": kernels.WALK_REVERSE.value}[walk]
+    for module, name in ((forward_kernel, "FORWARD_WALK"), (backward_kernels, "DKDV_WALK"), (backward_kernels, "DQ_WALK")):
+        monkeypatch.setattr(module, name, order)
     monkeypatch.setattr(kernels, "POISON_OUTPUTS", True)
     gen = torch.Generator().manual_seed(11)
     q, k, v, dout = (torch.randn(1, 2, 130, 32, generator=gen) for _ in range(4))
@@ -113,35 +122,6 @@ def test_tensor_descriptor_loads_match_the_oracle(pattern, q_len, kv_len, tma, m
     mask = sparseflash.compile_mask(pattern, q_len, kv_len, block_m=32, block_n=32)
     allowed = sparseflash.parse(pattern).dense_mask(q_len, kv_len)
     check_kernels_against_oracle(q, k, v, dout, mask, allowed, split_blocks=2, tma=tma)
-
-
-# Host descriptors over the (B*H*L, D) rows (TMA_HOST_ROWS), used when no tile crosses a head's
-# end: contiguous inputs with lengths a multiple of the tiles, several batches and heads (a wrong
-# head or batch offset reads another head's rows), GQA (K/V offsets by kv head).
-@pytest.mark.parametrize("pattern, q_len, kv_len", [("dense", 96, 128), ("causal", 128, 96), ("local(20) + global(5)", 128, 128)])
-def test_row_descriptor_loads_match_the_oracle(pattern, q_len, kv_len, monkeypatch):
-    from sparseflash.kernels.common import TMA_HOST, TMA_HOST_ROWS, streamed_tiles
-
-    monkeypatch.setattr(kernels, "POISON_OUTPUTS", True)
-    gen = torch.Generator().manual_seed(q_len + kv_len)
-    q, dout = (torch.randn(2, 4, q_len, 32, generator=gen) for _ in range(2))
-    k, v = (torch.randn(2, 2, kv_len, 32, generator=gen) for _ in range(2))
-    assert streamed_tiles(TMA_HOST.value, 16, q, dout)[0] == streamed_tiles(TMA_HOST.value, 16, k, v)[0] == TMA_HOST_ROWS.value
-    mask = sparseflash.compile_mask(pattern, q_len, kv_len, block_m=32, block_n=32)
-    allowed = sparseflash.parse(pattern).dense_mask(q_len, kv_len)
-    check_kernels_against_oracle(q, k, v, dout, mask, allowed, split_blocks=2, tma=True)
-
-
-def test_rows_flatten_only_where_tiles_stay_in_their_head():
-    from sparseflash.kernels.common import rows_flatten
-
-    contiguous = torch.zeros(2, 3, 64, 16)
-    assert rows_flatten(contiguous, 32) and rows_flatten(contiguous, 64)
-    assert not rows_flatten(contiguous, 128)  # a 128-row tile would run into the next head
-    assert not rows_flatten(torch.zeros(2, 64, 3, 16).transpose(1, 2), 32)  # (B, L, H, D) storage
-    assert not rows_flatten(torch.zeros(2, 3, 80, 16)[:, :, :64], 32)  # rows between heads
-    assert rows_flatten(torch.zeros(1, 3, 80, 16)[:, :1, :64], 32)  # size-1 dims: any stride
-    assert not rows_flatten(torch.zeros(2, 3, 64, 16).transpose(0, 1), 32)  # batch stride is not H*L rows
 
 
 # Block lists read a few entries at a time into registers (ForwardConfig.list_slots): rows longer
