@@ -11,7 +11,7 @@ prices the partial diagonal blocks; beside ``dense``, what shorter and uneven li
 
 ``--walks`` repeats each case with other ways of walking runs of full blocks
 (``backward.DKDV_WALK``/``DQ_WALK``: 1 forwards, 2 backwards; ``common.WALK_*``), given as dK/dV
-walk, dQ walk pairs such as ``1:1,2:1``. (Before commit 0000000 there was a third, 0: a loop over
+walk, dQ walk pairs such as ``1:1,2:1``. (Before commit 0382786 there was a third, 0: a loop over
 runs around a loop over tiles; results/backward_walks*.json have it.) ``--forward-walks`` times
 the forward kernel with each of the given walks (``forward.FORWARD_WALK``) too.
 """
