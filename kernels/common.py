@@ -227,17 +227,18 @@ def prefer_host_descriptors(mask, backward: bool) -> bool:
     program builds (when both can: :func:`tma_mode`).
 
     Host descriptors spare every program a global write and a proxy fence before its first load
-    (about 2 us a program, benchmarks/row_costs.py), which short rows feel. In Triton 3.6 the
-    4-D host descriptors were slower per block in the backward and under a very long line
-    (benchmarks/tma_modes.py, H200, kernel-built / host time): forward butterfly(128) and
-    local(1k) & causal at 32k 1.07-1.09x, dense 8k D=128 1.03x, causal 1.00x, but
-    local(256)+global(4) 0.94x; backward short rows 1.02-1.04x, dense 0.97-0.98x, causal 0.90-0.91x.
-    So: the forward unless a row is much longer than the rest; the backward for short rows only.
+    (about 2 us a program, benchmarks/row_costs.py), which short rows feel. But in Triton 3.6 they
+    are slower per tile under a very long line (local(256)+global(4) at 32k, kernel-built / host
+    time: forward 0.94x, backward 0.96x) and in the dense backward (0.95-0.96x); elsewhere they
+    win: forward dense 8k D=128 1.07x, causal 1.03-1.05x, short rows 1.04-1.08x; backward causal
+    1.04x, short rows 1.03-1.04x (benchmarks/tma_modes.py, H200, results/tma_modes_4.json, with
+    the dK/dV kernel walking backwards; before that the causal backward favoured kernel-built
+    descriptors, 0.90x).
     """
     if mask.is_dense:
         return not backward
     if backward:
-        return row_class(mask) == "short" and not has_long_lines(mask, True) and not has_long_lines(mask, False)
+        return not has_long_lines(mask, True) and not has_long_lines(mask, False)
     return not has_long_lines(mask, True)
 
 

@@ -220,11 +220,11 @@ def test_tma_mode_choices():
         tma_mode("device", odd_rows)
 
 
-# The measured rule (common.prefer_host_descriptors): host descriptors for the forward unless one
-# row dwarfs the rest, for the backward on short rows only.
+# The measured rule (common.prefer_host_descriptors): host descriptors unless one line dwarfs the
+# rest, and not for the dense backward.
 @pytest.mark.parametrize(
     "pattern, forward, backward",
-    [("dense", True, False), ("causal", True, False), ("local(256)+global(4)", False, False), ("butterfly(128)", True, True)],
+    [("dense", True, False), ("causal", True, True), ("local(256)+global(4)", False, False), ("butterfly(128)", True, True)],
 )
 def test_host_descriptors_where_measured_faster(pattern, forward, backward):
     from sparseflash.kernels.common import prefer_host_descriptors
