@@ -66,6 +66,7 @@ from .split import item_arguments, item_block_ranges, merge_softmax, new_scratch
 # 1.075; every block of causal below the diagonal at 32k: 8.84 -> 7.94), H200,
 # benchmarks/backward_kernels.py --forward-walks 1,2 (results/backward_walks_2.json).
 FORWARD_WALK = WALK_REVERSE.value
+ASSUME_ONE_RUN = False  # experiment: compile out the loop over second and later runs
 
 # How a step masks its scores.
 _NO_MASK = tl.constexpr(0)  # full block (or a whole dense tile): nothing to mask
@@ -181,6 +182,8 @@ def _attention_forward_kernel(
     SPLIT: tl.constexpr,
     USE_TMA: tl.constexpr,
     WALK: tl.constexpr,
+    MULTI_RUN: tl.constexpr,
+    HAS_PARTIAL: tl.constexpr,
 ):  # fmt: skip
     start_m, batch_head, item_begin, item_end, slot = program_item(
         item_lines, item_begins, item_ends, item_slots, BLOCK_M, MASK_BLOCK_M, HEAVY_FIRST, HEADS_FASTEST, SPLIT
@@ -244,7 +247,7 @@ def _attention_forward_kernel(
                     stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
                     _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N,
                 )  # fmt: skip
-            for nth_run in range(1, run_end - run_begin):
+            for nth_run in range(1, (run_end - run_begin) if MULTI_RUN else 1):
                 first_key, n_tiles = run_tiles(full_kv_run_starts, full_kv_run_ends, run_begin, run_end, nth_run, MASK_BLOCK_N, BLOCK_N, WALK)
                 for tile in range(0, n_tiles):
                     acc, m_i, l_i = _online_softmax_step(
@@ -278,7 +281,9 @@ def _attention_forward_kernel(
                     _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N,
                 )  # fmt: skip
 
-        if LIST_SLOTS > 0:
+        if not HAS_PARTIAL:
+            pass
+        elif LIST_SLOTS > 0:
             slots = tl.arange(0, LIST_SLOTS)
             for chunk in range(partial_begin, partial_end, LIST_SLOTS):
                 in_chunk = chunk + slots < partial_end
@@ -387,6 +392,8 @@ def attention_forward(
             SPLIT=plan is not None,
             USE_TMA=use_tma,
             WALK=FORWARD_WALK,
+            MULTI_RUN=not ASSUME_ONE_RUN,
+            HAS_PARTIAL=mask.is_dense or mask.n_partial > 0,
             DOT_PRECISION=dot_precision(q.dtype, allow_tf32),
             num_warps=config.num_warps,
             num_stages=config.num_stages,
