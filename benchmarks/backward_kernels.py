@@ -69,7 +69,6 @@ def main() -> None:
     parser.add_argument("--name", default="backward_kernels")
     parser.add_argument("--walks", default="2:1", help="comma-separated dK/dV:dQ walk pairs for the sparse cases")
     parser.add_argument("--forward-walks", default="", help="comma-separated forward walks to time as well")
-    parser.add_argument("--one-run", action="store_true", help="also time the forward with forward.ASSUME_ONE_RUN")
     args = parser.parse_args()
     rows = []
     default_forward_walk = forward.FORWARD_WALK
@@ -100,12 +99,6 @@ def main() -> None:
                 fwd = triton.testing.do_bench(lambda: attention_forward(q, k, v, mask, scale))
                 print(f"{name} {n // 1024}k forward walk {walk}: {fwd:7.3f} ms", flush=True)
                 rows.append({"case": f"{name} {n // 1024}k forward walk {walk}", "fwd_ms": fwd})
-                if args.one_run and name != "dense":
-                    forward.ASSUME_ONE_RUN = True
-                    fwd = triton.testing.do_bench(lambda: attention_forward(q, k, v, mask, scale))
-                    forward.ASSUME_ONE_RUN = False
-                    print(f"{name} {n // 1024}k forward walk {walk} one run: {fwd:7.3f} ms", flush=True)
-                    rows.append({"case": f"{name} {n // 1024}k forward walk {walk} one run", "fwd_ms": fwd})
             forward.FORWARD_WALK = default_forward_walk
     save_results(args.name, {"rows": rows})
 

@@ -61,12 +61,11 @@ from .common import (
 )
 from .split import item_arguments, item_block_ranges, merge_softmax, new_scratch, plan_for, program_item, scratch_rows
 
-# The order in which the forward walks runs of full blocks and dense rows (common.WALK_*): keys
-# from the last backwards measured 1-10% faster (dense 32k: 16.10 -> 15.22 ms; causal 8k: 1.101 ->
-# 1.075; every block of causal below the diagonal at 32k: 8.84 -> 7.94), H200,
-# benchmarks/backward_kernels.py --forward-walks 1,2 (results/backward_walks_2.json).
+# The order in which the forward walks runs of full blocks and dense rows (common.WALK_*). Keys
+# from the last backwards: as fast or up to 2% faster, H200, means of two runs each
+# (benchmarks/backward_kernels.py --forward-walks 1,2,1,2, results/walks_4d.json): dense 32k
+# 15.04 -> 14.86 ms, every block listed 32k 16.70 -> 16.46, causal 8k 1.122 -> 1.112, dense 8k level.
 FORWARD_WALK = WALK_REVERSE.value
-ASSUME_ONE_RUN = False  # experiment: compile out the loop over second and later runs
 
 # How a step masks its scores.
 _NO_MASK = tl.constexpr(0)  # full block (or a whole dense tile): nothing to mask
@@ -182,7 +181,6 @@ def _attention_forward_kernel(
     SPLIT: tl.constexpr,
     USE_TMA: tl.constexpr,
     WALK: tl.constexpr,
-    MULTI_RUN: tl.constexpr,
     HAS_PARTIAL: tl.constexpr,
 ):  # fmt: skip
     start_m, batch_head, item_begin, item_end, slot = program_item(
@@ -247,7 +245,7 @@ def _attention_forward_kernel(
                     stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
                     _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N,
                 )  # fmt: skip
-            for nth_run in range(1, (run_end - run_begin) if MULTI_RUN else 1):
+            for nth_run in range(1, run_end - run_begin):
                 first_key, n_tiles = run_tiles(full_kv_run_starts, full_kv_run_ends, run_begin, run_end, nth_run, MASK_BLOCK_N, BLOCK_N, WALK)
                 for tile in range(0, n_tiles):
                     acc, m_i, l_i = _online_softmax_step(
@@ -282,6 +280,9 @@ def _attention_forward_kernel(
                 )  # fmt: skip
 
         if not HAS_PARTIAL:
+            # No partial block anywhere (a mask listing every block as full): no loop for them at
+            # all, which made such a mask's forward ~5% faster (H200, results/one_run.json
+            # against results/walks_4d.json: 8k 2.05 -> 1.95 ms, dense 1.90).
             pass
         elif LIST_SLOTS > 0:
             slots = tl.arange(0, LIST_SLOTS)
@@ -392,7 +393,6 @@ def attention_forward(
             SPLIT=plan is not None,
             USE_TMA=use_tma,
             WALK=FORWARD_WALK,
-            MULTI_RUN=not ASSUME_ONE_RUN,
             HAS_PARTIAL=mask.is_dense or mask.n_partial > 0,
             DOT_PRECISION=dot_precision(q.dtype, allow_tf32),
             num_warps=config.num_warps,
