@@ -124,6 +124,19 @@ def test_tensor_descriptor_loads_match_the_oracle(pattern, q_len, kv_len, tma, m
     check_kernels_against_oracle(q, k, v, dout, mask, allowed, split_blocks=2, tma=tma)
 
 
+# Masks without a single partial block compile the forward without its partial-block loop
+# (HAS_PARTIAL): a block-aligned chunk and a mask listing every block as full.
+@pytest.mark.parametrize("pattern", ["chunk(32)", "local(128)"])
+def test_masks_without_partial_blocks_match_the_oracle(pattern, monkeypatch):
+    monkeypatch.setattr(kernels, "POISON_OUTPUTS", True)
+    gen = torch.Generator().manual_seed(13)
+    q, k, v, dout = (torch.randn(1, 2, 128, 32, generator=gen) for _ in range(4))
+    mask = sparseflash.compile_mask(pattern, 128, 128, block_m=16, block_n=16)
+    assert mask.n_partial == 0 and not mask.is_dense
+    allowed = sparseflash.parse(pattern).dense_mask(128, 128)
+    check_kernels_against_oracle(q, k, v, dout, mask, allowed, full_runs=True)
+
+
 # Block lists read a few entries at a time into registers (ForwardConfig.list_slots): rows longer
 # than the slots take several chunks, split items start mid-list, and "causal - local(10)" leaves
 # rows with no block at all.
