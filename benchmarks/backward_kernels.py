@@ -7,7 +7,8 @@ For each case, ``torch.profiler`` sums the GPU time of the preprocess, dK/dV and
 by the non-empty mask blocks of all heads. ``below-diagonal`` is causal's blocks without the
 diagonal ones, all full (``mask_from_dense`` of ``i // 128 > j // 128``): set beside ``causal``, it
 prices the partial diagonal blocks; beside ``dense``, what shorter and uneven lines cost per block.
-``listed`` is ``local(N)``: every pair allowed, every block listed as full.
+``listed`` is ``local(N)``: every pair allowed, every block listed as full. ``--patterns`` times
+the given patterns instead.
 
 ``--walks`` repeats each case with other ways of walking runs of full blocks
 (``backward.DKDV_WALK``/``DQ_WALK``: 1 forwards, 2 backwards; ``common.WALK_*``), given as dK/dV
@@ -68,6 +69,7 @@ def main() -> None:
     parser.add_argument("--seq-lens", default="8192,32768")
     parser.add_argument("--name", default="backward_kernels")
     parser.add_argument("--walks", default="2:1", help="comma-separated dK/dV:dQ walk pairs for the sparse cases")
+    parser.add_argument("--patterns", default="", help="comma-separated patterns instead of dense, causal, below-diagonal, listed")
     parser.add_argument("--forward-walks", default="", help="comma-separated forward walks to time as well")
     args = parser.parse_args()
     rows = []
@@ -76,7 +78,8 @@ def main() -> None:
         batch, heads, head_dim = (2, 16, 128) if n <= 8192 else (1, 16, 128)
         q, k, v, dout = (torch.randn(batch, heads, n, head_dim, device="cuda", dtype=torch.bfloat16) for _ in range(4))
         scale = head_dim**-0.5
-        for (name, mask), walks in ((item, walks) for item in masks(n).items() for walks in args.walks.split(",") if walks):
+        all_masks = {p: sparseflash.compile_mask(p, n, device="cuda") for p in args.patterns.split(",")} if args.patterns else masks(n)
+        for (name, mask), walks in ((item, walks) for item in all_masks.items() for walks in args.walks.split(",") if walks):
             backward.DKDV_WALK, backward.DQ_WALK = (int(w) for w in walks.split(":"))
             out, lse = attention_forward(q, k, v, mask, scale)
             times = kernel_times(lambda: attention_backward(dout, q, k, v, out, lse, mask, scale))
@@ -93,7 +96,7 @@ def main() -> None:
                 flush=True,
             )
             rows.append(row)
-        for name, mask in masks(n).items():
+        for name, mask in all_masks.items():
             for walk in (int(w) for w in args.forward_walks.split(",") if w):
                 forward.FORWARD_WALK = walk
                 fwd = triton.testing.do_bench(lambda: attention_forward(q, k, v, mask, scale))
