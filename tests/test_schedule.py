@@ -34,11 +34,16 @@ def test_every_schedule_matches_the_oracle(schedule, pattern, length, monkeypatc
 
 
 # Both ways of walking full blocks: as runs of consecutive blocks, and one listed block at a time;
-# runs (and dense rows, whose last tile is cut by the sequence end) forwards and backwards.
+# runs (and dense rows, whose last tile is cut by the sequence end) forwards and backwards. At 128
+# tokens, chunk(32) and local(128) (every block listed) have no partial block at all, so the
+# forward runs without its partial-block loop (HAS_PARTIAL).
 @pytest.mark.parametrize("walk", ["forward", "reverse"])
 @pytest.mark.parametrize("full_runs", [False, True], ids=["block-list", "runs"])
-@pytest.mark.parametrize("pattern", ["causal", "chunk(48) + sink(3) - local(2)", "dense"])
-def test_full_block_walks_match_the_oracle(pattern, full_runs, walk, monkeypatch):
+@pytest.mark.parametrize(
+    "pattern, length",
+    [("causal", 130), ("chunk(48) + sink(3) - local(2)", 130), ("dense", 130), ("chunk(32)", 128), ("local(128)", 128)],
+)
+def test_full_block_walks_match_the_oracle(pattern, length, full_runs, walk, monkeypatch):
     if pattern == "dense" and not full_runs:
         pytest.skip("dense rows have no block list")
     order = {"forward": kernels.WALK_FORWARD.value, "reverse": kernels.WALK_REVERSE.value}[walk]
@@ -46,9 +51,10 @@ def test_full_block_walks_match_the_oracle(pattern, full_runs, walk, monkeypatch
         monkeypatch.setattr(module, name, order)
     monkeypatch.setattr(kernels, "POISON_OUTPUTS", True)
     gen = torch.Generator().manual_seed(11)
-    q, k, v, dout = (torch.randn(1, 2, 130, 32, generator=gen) for _ in range(4))
-    mask = sparseflash.compile_mask(pattern, 130, 130, block_m=16, block_n=16)
-    allowed = sparseflash.parse(pattern).dense_mask(130, 130)
+    q, k, v, dout = (torch.randn(1, 2, length, 32, generator=gen) for _ in range(4))
+    mask = sparseflash.compile_mask(pattern, length, length, block_m=16, block_n=16)
+    assert (mask.n_partial == 0) == (length == 128)
+    allowed = sparseflash.parse(pattern).dense_mask(length, length)
     check_kernels_against_oracle(q, k, v, dout, mask, allowed, full_runs=full_runs)
 
 
@@ -122,19 +128,6 @@ def test_tensor_descriptor_loads_match_the_oracle(pattern, q_len, kv_len, tma, m
     mask = sparseflash.compile_mask(pattern, q_len, kv_len, block_m=32, block_n=32)
     allowed = sparseflash.parse(pattern).dense_mask(q_len, kv_len)
     check_kernels_against_oracle(q, k, v, dout, mask, allowed, split_blocks=2, tma=tma)
-
-
-# Masks without a single partial block compile the forward without its partial-block loop
-# (HAS_PARTIAL): a block-aligned chunk and a mask listing every block as full.
-@pytest.mark.parametrize("pattern", ["chunk(32)", "local(128)"])
-def test_masks_without_partial_blocks_match_the_oracle(pattern, monkeypatch):
-    monkeypatch.setattr(kernels, "POISON_OUTPUTS", True)
-    gen = torch.Generator().manual_seed(13)
-    q, k, v, dout = (torch.randn(1, 2, 128, 32, generator=gen) for _ in range(4))
-    mask = sparseflash.compile_mask(pattern, 128, 128, block_m=16, block_n=16)
-    assert mask.n_partial == 0 and not mask.is_dense
-    allowed = sparseflash.parse(pattern).dense_mask(128, 128)
-    check_kernels_against_oracle(q, k, v, dout, mask, allowed, full_runs=True)
 
 
 # Block lists read a few entries at a time into registers (ForwardConfig.list_slots): rows longer
