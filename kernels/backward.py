@@ -184,7 +184,6 @@ def _attention_backward_dkdv_kernel(
     SPLIT: tl.constexpr,
     USE_TMA: tl.constexpr,
     WALK: tl.constexpr,
-    TILES_BY_TMA: tl.constexpr,
 ):  # fmt: skip
     start_n, batch_head, item_begin, item_end, slot = program_item(
         item_lines, item_begins, item_ends, item_slots, BLOCK_N, MASK_BLOCK_N, HEAVY_FIRST, HEADS_FASTEST, SPLIT
@@ -273,7 +272,7 @@ def _attention_backward_dkdv_kernel(
                 row_in_tile = (step % M_STEPS) * BLOCK_M
                 # Key-major view of the tile: [BLOCK_N, BLOCK_M], matching scores_t.
                 allowed_t = load_tile_mask(
-                    tiles, tile_id, row_in_tile, col_in_tile, offs_m[None, :], offs_n[:, None], MASK_BLOCK_M, MASK_BLOCK_N, TILES_BY_TMA
+                    tiles, tile_id, row_in_tile, col_in_tile, offs_m[None, :], offs_n[:, None], MASK_BLOCK_M, MASK_BLOCK_N
                 )
                 dk, dv = _dkdv_step(
                     dk, dv, k, v, q_base, do_base, batch, q_head, lse_base, delta_base, q_block * MASK_BLOCK_M + row_in_tile,
@@ -372,7 +371,6 @@ def _attention_backward_dq_kernel(
     SPLIT: tl.constexpr,
     USE_TMA: tl.constexpr,
     WALK: tl.constexpr,
-    TILES_BY_TMA: tl.constexpr,
 ):  # fmt: skip
     start_m, batch_head, item_begin, item_end, slot = program_item(
         item_lines, item_begins, item_ends, item_slots, BLOCK_M, MASK_BLOCK_M, HEAVY_FIRST, HEADS_FASTEST, SPLIT
@@ -455,7 +453,7 @@ def _attention_backward_dq_kernel(
             tile_id = tl.load(partial_kv_tiles + step // N_STEPS)
             col_in_tile = (step % N_STEPS) * BLOCK_N
             allowed = load_tile_mask(
-                tiles, tile_id, row_in_tile, col_in_tile, offs_m[:, None], offs_n[None, :], MASK_BLOCK_M, MASK_BLOCK_N, TILES_BY_TMA
+                tiles, tile_id, row_in_tile, col_in_tile, offs_m[:, None], offs_n[None, :], MASK_BLOCK_M, MASK_BLOCK_N
             )  # [BLOCK_M, BLOCK_N]
             dq = _dq_step(
                 dq, q, do, lse2, delta, k_base, v_base, batch, kv_head, kv_block * MASK_BLOCK_N + col_in_tile, offs_n, offs_d,
@@ -557,7 +555,7 @@ def attention_backward(
             dv_part = new_scratch(column_plan, batch * n_kv_heads, mask.block_n, padded, q.device)
         else:
             dk_part = dv_part = dk  # unused
-        column_lists, column_tiles_by_tma = column_list_arguments(mask, q.device, use_tma, (config.block_m1, config.block_n1))
+        column_lists = column_list_arguments(mask, q.device)
         _attention_backward_dkdv_kernel[dkdv_grid](
             q_tiles, k, v, do_tiles,
             lse, delta, dk, dv, dk_part, dv_part,
@@ -570,7 +568,6 @@ def attention_backward(
             FULL_RUNS=column_plan is None and full_runs,
             SPLIT=column_plan is not None,
             WALK=DKDV_WALK,
-            TILES_BY_TMA=column_tiles_by_tma,
             **common,
         )  # fmt: skip
         if column_plan is not None:
@@ -580,7 +577,7 @@ def attention_backward(
         row_plan = plan_for(config, mask, row_schedule, batch * n_q_heads, q.device, by_rows=True)
         dq_grid = launch_grid(q_len, config.block_m2, mask.block_m, batch * n_q_heads, row_schedule, mask.is_dense, row_plan)
         dq_part = new_scratch(row_plan, batch * n_q_heads, mask.block_m, padded, q.device) if row_plan is not None else dq
-        row_lists, row_tiles_by_tma = row_list_arguments(mask, q.device, use_tma, (config.block_m2, config.block_n2))
+        row_lists = row_list_arguments(mask, q.device)
         _attention_backward_dq_kernel[dq_grid](
             q, k_tiles, v_tiles, dout,
             lse, delta, dq, dq_part,
@@ -593,7 +590,6 @@ def attention_backward(
             FULL_RUNS=row_plan is None and full_runs,
             SPLIT=row_plan is not None,
             WALK=DQ_WALK,
-            TILES_BY_TMA=row_tiles_by_tma,
             **common,
         )  # fmt: skip
         if row_plan is not None:

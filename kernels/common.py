@@ -46,47 +46,27 @@ def on_device_of(tensor: torch.Tensor):
     return contextlib.nullcontext()
 
 
-def row_list_arguments(mask, device, use_tma: int = 0, tile_box: tuple = (16, 16)) -> tuple:
+def row_list_arguments(mask, device) -> tuple:
     """The mask's per-query-block lists, tiles and row order, as the forward and dQ kernels take
-    them, and the kernels' TILES_BY_TMA (see :func:`tile_mask_source`; ``tile_box`` is the kernel
-    tile, queries x keys). A dense mask's kernels read none, so they get placeholders (reading
-    would build them)."""
+    them. A dense mask's kernels read none, so they get placeholders (reading would build them)."""
     if mask.is_dense:
-        return _placeholders(device), False
-    tiles, by_tma = tile_mask_source(mask, use_tma, tile_box)
+        return _placeholders(device)
     return (
         mask.full_kv_offsets, mask.full_kv_indices,
         mask.full_kv_run_offsets, mask.full_kv_run_starts, mask.full_kv_run_ends,
-        mask.partial_kv_offsets, mask.partial_kv_indices, mask.partial_kv_tiles, tiles, mask.q_block_order,
-    ), by_tma  # fmt: skip
+        mask.partial_kv_offsets, mask.partial_kv_indices, mask.partial_kv_tiles, mask.tiles, mask.q_block_order,
+    )  # fmt: skip
 
 
-def column_list_arguments(mask, device, use_tma: int = 0, tile_box: tuple = (16, 16)) -> tuple:
-    """The per-key-block lists, tiles and column order for the dK/dV kernel, and its TILES_BY_TMA;
-    placeholders for dense. ``tile_box``: the kernel tile as queries x keys."""
+def column_list_arguments(mask, device) -> tuple:
+    """The per-key-block lists, tiles and column order for the dK/dV kernel; placeholders for dense."""
     if mask.is_dense:
-        return _placeholders(device), False
-    tiles, by_tma = tile_mask_source(mask, use_tma, tile_box)
+        return _placeholders(device)
     return (
         mask.full_q_offsets, mask.full_q_indices,
         mask.full_q_run_offsets, mask.full_q_run_starts, mask.full_q_run_ends,
-        mask.partial_q_offsets, mask.partial_q_indices, mask.partial_q_tiles, tiles, mask.kv_block_order,
-    ), by_tma  # fmt: skip
-
-
-# Whether kernels with host-built descriptors read partial blocks' tiles through descriptors too.
-# Measurement: see BENCHMARKS.md.
-TILE_MASKS_BY_TMA = True
-
-
-def tile_mask_source(mask, use_tma: int, tile_box: tuple) -> tuple:
-    """What kernels read partial blocks' tiles from, and whether it is a descriptor: with host-built
-    descriptors (TMA_HOST) and partial blocks present, a descriptor of ``mask.tiles`` (n_tiles,
-    block_m, block_n) uint8 with [1, queries, keys] boxes of ``tile_box``; else the tensor itself."""
-    if use_tma != TMA_HOST.value or mask.n_tiles == 0 or not TILE_MASKS_BY_TMA:
-        return mask.tiles, False
-    rows, cols = tile_box
-    return _TensorDescriptor(mask.tiles, list(mask.tiles.shape), list(mask.tiles.stride()), [1, rows, cols]), True
+        mask.partial_q_offsets, mask.partial_q_indices, mask.partial_q_tiles, mask.tiles, mask.kv_block_order,
+    )  # fmt: skip
 
 
 def _placeholders(device) -> tuple:
@@ -574,23 +554,12 @@ def load_tile_mask(
     offs_cols,
     MASK_BLOCK_M: tl.constexpr,
     MASK_BLOCK_N: tl.constexpr,
-    TILES_BY_TMA: tl.constexpr,
 ):
     """The part of partial tile ``tile_id`` seen by a [ROWS, COLS] kernel tile, as bool.
 
     ``offs_rows`` index queries and ``offs_cols`` keys; pass them as [ROWS, 1] and [1, COLS] (query-
     major) or [1, ROWS] and [COLS, 1] (key-major, for dK/dV) to get either orientation.
-    ``tiles``: the mask's uint8 tiles, or with TILES_BY_TMA their :func:`tile_mask_source`
-    descriptor (the offsets then only give the shape).
     """
-    if TILES_BY_TMA:
-        # Loaded by the tensor-memory accelerator: no [ROWS, COLS] tensor of addresses in
-        # registers (with pointer loads the forward's partial loop used 50 more registers per
-        # thread, enough to spill at 4 warps).
-        tile = tiles.load([tile_id, first_row_in_tile, first_col_in_tile]).reshape(offs_rows.numel, offs_cols.numel)
-        if offs_rows.shape[0] == 1:
-            tile = tl.trans(tile)
-    else:
-        tile_base = tiles + tl.cast(tile_id, tl.int64) * (MASK_BLOCK_M * MASK_BLOCK_N)
-        tile = tl.load(tile_base + (first_row_in_tile + offs_rows) * MASK_BLOCK_N + (first_col_in_tile + offs_cols))
-    return tile != 0
+    tile_base = tiles + tl.cast(tile_id, tl.int64) * (MASK_BLOCK_M * MASK_BLOCK_N)
+    ptrs = tile_base + (first_row_in_tile + offs_rows) * MASK_BLOCK_N + (first_col_in_tile + offs_cols)
+    return tl.load(ptrs) != 0

@@ -55,11 +55,8 @@ from .common import (
     run_tiles,
     streamed_tiles,
     WALK_REVERSE,
-    TMA_HOST,
-    TMA_OFF,
     tile_source,
     tma_mode,
-    tma_supported,
     prefer_host_descriptors,
 )
 from .split import item_arguments, item_block_ranges, merge_softmax, new_scratch, plan_for, program_item, scratch_rows
@@ -69,10 +66,6 @@ from .split import item_arguments, item_block_ranges, merge_softmax, new_scratch
 # (benchmarks/backward_kernels.py --forward-walks 1,2,1,2, results/walks_4d.json): dense 32k
 # 15.04 -> 14.86 ms, every block listed 32k 16.70 -> 16.46, causal 8k 1.122 -> 1.112, dense 8k level.
 FORWARD_WALK = WALK_REVERSE.value
-
-# Whether, with host-built descriptors, the forward also loads its Q tile and stores its O tile
-# through descriptors (TMA), not only the K/V tiles it streams. Measurement: see BENCHMARKS.md.
-FORWARD_ROWS_BY_TMA = True
 
 # How a step masks its scores.
 _NO_MASK = tl.constexpr(0)  # full block (or a whole dense tile): nothing to mask
@@ -148,11 +141,11 @@ def _partial_block_step(
     acc, m_i, l_i, q, k_base, v_base, batch, kv_head, kv_block, tile_id, row_in_tile, col_in_tile, tiles, offs_m, offs_n, offs_d,
     stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale,
     MASK_BLOCK_M: tl.constexpr, MASK_BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PADDED: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_N: tl.constexpr, TILES_BY_TMA: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """One step inside partial block ``kv_block``: its tile ``tile_id`` masks the scores."""
     allowed = load_tile_mask(
-        tiles, tile_id, row_in_tile, col_in_tile, offs_m[:, None], offs_n[None, :], MASK_BLOCK_M, MASK_BLOCK_N, TILES_BY_TMA
+        tiles, tile_id, row_in_tile, col_in_tile, offs_m[:, None], offs_n[None, :], MASK_BLOCK_M, MASK_BLOCK_N
     )  # [BLOCK_M, BLOCK_N]
     return _online_softmax_step(
         acc, m_i, l_i, q, k_base, v_base, batch, kv_head, kv_block * MASK_BLOCK_N + col_in_tile, offs_n, offs_d,
@@ -163,7 +156,7 @@ def _partial_block_step(
 
 @triton.jit
 def _attention_forward_kernel(
-    Q, K, V, Out, OutTiles, Lse, OutPart, LsePart,
+    Q, K, V, Out, Lse, OutPart, LsePart,
     full_kv_offsets, full_kv_indices, full_kv_run_offsets, full_kv_run_starts, full_kv_run_ends,
     partial_kv_offsets, partial_kv_indices, partial_kv_tiles, tiles,
     item_lines, item_begins, item_ends, item_slots,
@@ -189,8 +182,6 @@ def _attention_forward_kernel(
     USE_TMA: tl.constexpr,
     WALK: tl.constexpr,
     HAS_PARTIAL: tl.constexpr,
-    TILES_BY_TMA: tl.constexpr,
-    ROWS_BY_TMA: tl.constexpr,
 ):  # fmt: skip
     start_m, batch_head, item_begin, item_end, slot = program_item(
         item_lines, item_begins, item_ends, item_slots, BLOCK_M, MASK_BLOCK_M, HEAVY_FIRST, HEADS_FASTEST, SPLIT
@@ -199,6 +190,7 @@ def _attention_forward_kernel(
     q_head = batch_head % n_q_heads
     kv_head = q_head // GROUP_SIZE  # GQA/MQA: query heads share a kv head, k and v are not copied
 
+    q_base = Q + tl.cast(batch, tl.int64) * stride_qb + tl.cast(q_head, tl.int64) * stride_qh
     # K/V tiles by pointers or through the tensor-memory accelerator (Hopper): common.tma_mode.
     k_base = tile_source(K, batch, kv_head, stride_kb, stride_kh, stride_kn, kv_len, BLOCK_N, HEAD_DIM, USE_TMA)
     v_base = tile_source(V, batch, kv_head, stride_vb, stride_vh, stride_vn, kv_len, BLOCK_N, HEAD_DIM, USE_TMA)
@@ -209,13 +201,7 @@ def _attention_forward_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM_PADDED)
 
-    if ROWS_BY_TMA:
-        # Q (and O, below) through host descriptors: Q lands in shared memory, where the first
-        # product reads it, without a pass through registers.
-        q = Q.load([batch, q_head, start_m, 0]).reshape(BLOCK_M, HEAD_DIM)  # [BLOCK_M, D]
-    else:
-        q_base = Q + tl.cast(batch, tl.int64) * stride_qb + tl.cast(q_head, tl.int64) * stride_qh
-        q = load_rows(q_base, start_m, offs_m, offs_d, stride_qm, stride_qd, q_len, True, HEAD_DIM, HEAD_DIM_PADDED)  # [BLOCK_M, D]
+    q = load_rows(q_base, start_m, offs_m, offs_d, stride_qm, stride_qd, q_len, True, HEAD_DIM, HEAD_DIM_PADDED)  # [BLOCK_M, D]
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM_PADDED], dtype=tl.float32)
@@ -310,7 +296,7 @@ def _attention_forward_kernel(
                         _list_entry(chunk_blocks, slots, step // N_STEPS), _list_entry(chunk_tiles, slots, step // N_STEPS),
                         row_in_tile, (step % N_STEPS) * BLOCK_N, tiles, offs_m, offs_n, offs_d,
                         stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale,
-                        MASK_BLOCK_M, MASK_BLOCK_N, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N, TILES_BY_TMA,
+                        MASK_BLOCK_M, MASK_BLOCK_N, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N,
                     )  # fmt: skip
         else:
             for step in range(partial_begin * N_STEPS, partial_end * N_STEPS):
@@ -319,7 +305,7 @@ def _attention_forward_kernel(
                     tl.load(partial_kv_indices + step // N_STEPS), tl.load(partial_kv_tiles + step // N_STEPS),
                     row_in_tile, (step % N_STEPS) * BLOCK_N, tiles, offs_m, offs_n, offs_d,
                     stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale,
-                    MASK_BLOCK_M, MASK_BLOCK_N, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N, TILES_BY_TMA,
+                    MASK_BLOCK_M, MASK_BLOCK_N, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N,
                 )  # fmt: skip
 
     # Rows with no allowed key: divide by 1 (acc is 0) and report lse = -inf. See [Note].
@@ -336,9 +322,6 @@ def _attention_forward_kernel(
         part_base = scratch_rows(OutPart, slot, batch_head, n_batch_heads, row_in_block, MASK_BLOCK_M, HEAD_DIM_PADDED)
         tl.store(part_base + offs_m[:, None] * HEAD_DIM_PADDED + offs_d[None, :], out)
         tl.store(scratch_rows(LsePart, slot, batch_head, n_batch_heads, row_in_block, MASK_BLOCK_M, 1) + offs_m, lse)
-    elif ROWS_BY_TMA:
-        # Rows past q_len are clipped by the descriptor (per head).
-        OutTiles.store([batch, q_head, start_m, 0], out.to(Out.dtype.element_ty).reshape(1, 1, BLOCK_M, HEAD_DIM))
     else:
         store_rows(o_base, start_m, offs_m, offs_d, stride_om, stride_od, q_len, out.to(Out.dtype.element_ty), HEAD_DIM)
         tl.store(lse_base + start_m + offs_m, lse, mask=(start_m + offs_m) < q_len)
@@ -387,14 +370,12 @@ def attention_forward(
         lse_part = new_scratch(plan, batch * n_q_heads, mask.block_m, 1, q.device)
     else:
         out_part = lse_part = out  # unused
+    row_lists = row_list_arguments(mask, q.device)
     use_tma = tma_mode(config.tma, q, k, v, prefer_host=prefer_host_descriptors(mask, backward=False))
     k_tiles, v_tiles = streamed_tiles(use_tma, config.block_n, k, v)
-    rows_by_tma = use_tma == TMA_HOST.value and FORWARD_ROWS_BY_TMA and tma_supported(out)
-    q_tiles, out_tiles = streamed_tiles(use_tma if rows_by_tma else TMA_OFF.value, config.block_m, q, out)
-    row_lists, tiles_by_tma = row_list_arguments(mask, q.device, use_tma, (config.block_m, config.block_n))
     with on_device_of(q):
         _attention_forward_kernel[grid](
-            q_tiles, k_tiles, v_tiles, out, out_tiles, lse, out_part, lse_part,
+            q, k_tiles, v_tiles, out, lse, out_part, lse_part,
             *row_lists[:-1], *item_arguments(plan, row_lists[-1]),
             *q.stride(), *k.stride(), *v.stride(), *out.stride(),
             n_q_heads, batch * n_q_heads, q_len, kv_len, scale * LOG2E,
@@ -413,8 +394,6 @@ def attention_forward(
             USE_TMA=use_tma,
             WALK=FORWARD_WALK,
             HAS_PARTIAL=mask.is_dense or mask.n_partial > 0,
-            TILES_BY_TMA=tiles_by_tma,
-            ROWS_BY_TMA=rows_by_tma,
             DOT_PRECISION=dot_precision(q.dtype, allow_tf32),
             num_warps=config.num_warps,
             num_stages=config.num_stages,
