@@ -191,6 +191,15 @@ for _rows in ("dense", "long", "short"):
     BACKWARD_DEFAULTS[128, False, _rows] = BackwardConfig(32, 32, 32, 32, num_warps=4, num_stages=1)
     BACKWARD_DEFAULTS[256, False, _rows] = BackwardConfig(16, 16, 16, 16, num_warps=4, num_stages=1)
 
+# Short rows of full blocks only, at D=128 (16-bit): 128 x 64 tiles at 4 warps fit two programs on
+# one SM (255 registers, 96 KB of shared memory), so one program's prologue and epilogue overlap the
+# other's tiles; the default 128 x 128 at 8 warps fits one. H200, Triton 3.6, same run
+# (benchmarks/occupancy.py, results/occupancy.json): butterfly(128) 0.775 -> 0.728 ms at 32k,
+# 3.877 -> 3.653 ms at 128k. Not for masks with partial blocks: their loop costs ~40 more
+# registers a thread and spills at 4 warps (local(1k) & causal 0.841 -> 0.858 ms, local(256)+global(4)
+# 0.796 -> 2.034 ms); nor under one long row, which a 4-warp program walks about twice as slowly.
+SHORT_FULL_BLOCK_FORWARD = {(128, True): ForwardConfig(128, 64, num_warps=4, num_stages=2, list_slots=16)}
+
 # Rows with at least this many keys in non-empty blocks on average count as long (16 blocks of 128).
 # Counted in keys, not blocks: 64x64 masks of `local(1k) & causal` once crossed a 16-block line
 # and ran 2x slower on the long-row tiles.
@@ -271,7 +280,10 @@ def fit_tile(wanted: int, mask_block: int, length: int) -> int:
 
 
 def default_forward_config(head_dim_padded, dtype, mask) -> ForwardConfig:
-    base = FORWARD_DEFAULTS[_table_key(head_dim_padded, dtype, row_class(mask))]
+    key = _table_key(head_dim_padded, dtype, row_class(mask))
+    base = FORWARD_DEFAULTS[key]
+    if key[2] == "short" and mask.n_partial == 0 and not has_long_lines(mask, by_rows=True):
+        base = SHORT_FULL_BLOCK_FORWARD.get(key[:2], base)
     return replace(
         base,
         block_m=fit_tile(base.block_m, mask.block_m, mask.q_len),

@@ -238,3 +238,21 @@ def test_host_descriptors_where_measured_faster(pattern, forward, backward):
     mask = sparseflash.compile_mask(pattern, 32768)
     assert prefer_host_descriptors(mask, backward=False) == forward
     assert prefer_host_descriptors(mask, backward=True) == backward
+
+
+# The measured config rule (common.SHORT_FULL_BLOCK_FORWARD): short rows of full blocks only get
+# the two-programs-per-SM forward tile at D=128; partial blocks or one long row keep the default.
+@pytest.mark.parametrize(
+    "pattern, two_per_sm",
+    [("butterfly(128)", True), ("chunk(512)", True), ("local(1k) & causal", False), ("local(256)+global(4)", False),
+     ("global(128) + chunk(256)", False), ("dense", False), ("causal", False)],
+)  # fmt: skip
+def test_short_full_block_rows_get_the_two_per_sm_forward(pattern, two_per_sm):
+    from sparseflash.kernels.common import SHORT_FULL_BLOCK_FORWARD, default_forward_config
+
+    mask = sparseflash.compile_mask(pattern, 32768)
+    config = default_forward_config(128, torch.bfloat16, mask)
+    assert (config == SHORT_FULL_BLOCK_FORWARD[128, True]) == two_per_sm
+    # Never at other head dims or in float32.
+    assert default_forward_config(64, torch.bfloat16, mask) != SHORT_FULL_BLOCK_FORWARD[128, True]
+    assert default_forward_config(128, torch.float32, mask) != SHORT_FULL_BLOCK_FORWARD[128, True]
