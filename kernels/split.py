@@ -38,10 +38,13 @@ MIN_SPLIT_BLOCKS = 8
 # the longest item then takes a fraction of a multiprocessor's share and overlaps the rest.
 ITEMS_PER_SM = 4
 # Lines are split only when the longest holds this many multiprocessors' shares of the launch's
-# work: below that the other programs hide it, and the merge costs more than it gains (measured,
-# local(256)+global(4) at 32k, benchmarks/split_lines.py: 16 heads (longest 1.2 shares) 6% slower
-# split; 4 heads (4.7 shares) 3.4x faster; 1 head 7x).
-SPLIT_WHEN_SHARES = 2
+# work: below that the other programs hide it, and the merge costs more than it gains. Rows (the
+# forward, dQ): 2 shares (measured, local(256)+global(4) at 32k, benchmarks/split_lines.py: 16 heads
+# (longest row 1.2 shares) 6% slower split; 4 heads (4.7 shares) 3.4x faster; 1 head 7x). Columns
+# (dK/dV): 1 share, since a long column is walked by every one of its key tiles' programs (sixth
+# session, results/split_lines_16h_2.json, 16 heads: the backward of local(256)+sink(4), whose
+# 256-block column holds 1.4 shares, 2.04 -> 1.85-1.87 ms in items of 16-64 blocks).
+SPLIT_WHEN_SHARES = {True: 2, False: 1}  # by rows, by columns
 
 # Rows of a mask block merged by one merge program (bounds its registers: 32 x 256 float32).
 _MERGE_ROWS = 32
@@ -89,7 +92,7 @@ def auto_split_blocks(mask, by_rows: bool, n_batch_heads: int, device: torch.dev
     n_sm = _multiprocessor_count(device)
     share = (mask.n_full + mask.n_partial) * n_batch_heads / n_sm  # blocks per multiprocessor
     longest = mask.max_blocks_per_row if by_rows else mask.max_blocks_per_col
-    if longest <= SPLIT_WHEN_SHARES * share:
+    if longest <= SPLIT_WHEN_SHARES[by_rows] * share:
         return 0
     return max(MIN_SPLIT_BLOCKS, math.ceil(share / ITEMS_PER_SM))
 

@@ -196,15 +196,18 @@ def test_auto_schedule_puts_heads_fastest_only_for_uneven_rows():
     assert not auto_schedule(sparseflash.compile_mask("local(256)", 8192), by_rows=True).heads_fastest
 
 
-def test_auto_split_only_when_a_line_outweighs_two_multiprocessor_shares(monkeypatch):
+def test_auto_split_only_when_a_line_outweighs_its_multiprocessor_shares(monkeypatch):
     """split.auto_split_blocks on a 132-multiprocessor GPU: local(256)+global(4) at 32k has 1,780
-    blocks a head and a 256-block global row; 16 heads hide it (1.2 shares), 4 heads do not."""
+    blocks a head and a 256-block global row and column; 16 heads hide the row (1.2 shares, two
+    needed), not the column (one share needed); 4 heads hide neither."""
     monkeypatch.setattr(split, "_multiprocessor_count", lambda device: 132)
     mask = sparseflash.compile_mask("local(256) + global(4)", 32768)
     cuda = torch.device("cuda")
     assert split.auto_split_blocks(mask, True, 16, cuda) == 0
     assert split.auto_split_blocks(mask, True, 4, cuda) == max(split.MIN_SPLIT_BLOCKS, -(-1780 * 4 // (132 * 4)))
     assert split.auto_split_blocks(mask, False, 1, cuda) == split.MIN_SPLIT_BLOCKS
+    assert split.auto_split_blocks(mask, False, 16, cuda) == -(-1780 * 16 // (132 * 4))  # 54 blocks an item
+    assert split.auto_split_blocks(sparseflash.compile_mask("local(256)", 32768), False, 16, cuda) == 0
     assert split.auto_split_blocks(mask, True, 1, torch.device("cpu")) == 0  # CPU runs split only when asked
     assert split.auto_split_blocks(sparseflash.compile_mask("dense", 32768), True, 1, cuda) == 0
 
