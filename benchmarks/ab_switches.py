@@ -1,14 +1,16 @@
 """Same-run A/B of kernel switches: module constants that choose between two ways of doing one
-thing (``forward.FORWARD_ROWS_BY_TMA``, ``common.TILE_MASKS_BY_TMA``, ...).
+thing (``forward.FORWARD_WALK``, ``backward.DKDV_WALK``, or a boolean added for an experiment).
 
-    python benchmarks/ab_switches.py --switch forward.FORWARD_ROWS_BY_TMA --switch common.TILE_MASKS_BY_TMA
-    python benchmarks/ab_switches.py --switch common.TILE_MASKS_BY_TMA --patterns 'local(256)+global(4)' --name ab_2
+    python benchmarks/ab_switches.py --switch forward.FORWARD_WALK=1,2 --switch backward.DKDV_WALK=1,2
+    python benchmarks/ab_switches.py --switch common.SOME_FLAG --patterns 'local(256)+global(4)' --name ab_2
 
-For each case and switch, the forward and the backward launchers are timed (``do_bench`` medians,
-bf16, D=128) with the switch off and on, alternating off/on ``--rounds`` times, every other switch
-at its default; the outputs of the two settings are compared first (a switch that changes the
-result is reported, not timed). Prints the mean times and off/on ratios (> 1: on is faster);
-writes results/<name>.json.
+``module.CONSTANT=a,b`` compares values a and b (integers); a bare ``module.CONSTANT`` compares
+False and True. For each case and switch, the forward and the backward launchers are timed
+(``do_bench`` medians, bf16, D=128) with the two values alternating ``--rounds`` times, every other
+switch at its default; the outputs of the two settings are compared first (a switch that changes
+the result is reported, not timed). Prints mean times and the ratio a/b (> 1: b is faster); writes
+results/<name>.json ("off" is a, "on" is b). Sixth session: ``results/ab_switches.json`` compared
+two switches that were removed again afterwards (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -36,9 +38,14 @@ CASES = [
 ]
 
 
-def switch_target(name: str):
+def switch_target(spec: str):
+    """(module, constant, (value a, value b)) from ``module.CONSTANT[=a,b]``."""
+    name, _, values = spec.partition("=")
     module_name, constant = name.rsplit(".", 1)
-    return importlib.import_module(f"sparseflash.kernels.{module_name}"), constant
+    settings = tuple(int(v) for v in values.split(",")) if values else (False, True)
+    if len(settings) != 2:
+        raise SystemExit(f"--switch {spec}: give two values, as module.CONSTANT=a,b")
+    return importlib.import_module(f"sparseflash.kernels.{module_name}"), constant, settings
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -47,7 +54,7 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--switch", action="append", required=True, help="module.CONSTANT under sparseflash.kernels (repeatable)")
+    parser.add_argument("--switch", action="append", required=True, help="module.CONSTANT[=a,b] under sparseflash.kernels (repeatable)")
     parser.add_argument("--patterns", help="comma-separated patterns to keep (default: all cases)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--name", default="ab_switches")
@@ -67,25 +74,25 @@ def main() -> None:
             "bwd": lambda: attention_backward(dout, q, k, v, out, lse, mask, scale),
         }
         for switch in args.switch:
-            module, constant = switch_target(switch)
+            module, constant, settings = switch_target(switch)
             default = getattr(module, constant)
             try:
                 for pass_name, run in passes.items():
                     row = dict(pattern=pattern, seq_len=seq_len, batch=batch, heads=heads, switch=switch, pass_=pass_name, default=default)
                     results = {}
-                    for setting in (False, True):
+                    for setting in settings:
                         setattr(module, constant, setting)
                         results[setting] = [t.clone() for t in run()]
-                    row["rel_diff"] = max(relative_error(a, b) for a, b in zip(results[False], results[True]))
+                    row["rel_diff"] = max(relative_error(a, b) for a, b in zip(*results.values()))
                     if row["rel_diff"] > 1e-2:
                         row["status"] = "DIFFERENT"
                     else:
-                        times = {False: [], True: []}
+                        times = {setting: [] for setting in settings}
                         for _ in range(args.rounds):
-                            for setting in (False, True):
+                            for setting in settings:
                                 setattr(module, constant, setting)
                                 times[setting].append(triton.testing.do_bench(run, warmup=25, rep=150, return_mode="median"))
-                        row["off_ms"], row["on_ms"] = (sum(times[s]) / len(times[s]) for s in (False, True))
+                        row["off_ms"], row["on_ms"] = (sum(times[s]) / len(times[s]) for s in settings)
                         row["off_over_on"] = row["off_ms"] / row["on_ms"]
                         row["status"] = "ok"
                     rows.append(row)
@@ -99,7 +106,7 @@ def format_row(row) -> str:
     case = f"{row['pattern']} {row['seq_len'] // 1024}k {row['pass_']}"
     if row["status"] != "ok":
         return f"{case:34s} {row['switch']:34s} {row['status']} (rel diff {row['rel_diff']:.1e})"
-    return f"{case:34s} {row['switch']:34s} off {row['off_ms']:7.3f}  on {row['on_ms']:7.3f} ms  off/on {row['off_over_on']:.3f}"
+    return f"{case:34s} {row['switch']:34s} a {row['off_ms']:7.3f}  b {row['on_ms']:7.3f} ms  a/b {row['off_over_on']:.3f}"
 
 
 if __name__ == "__main__":
