@@ -70,6 +70,8 @@ CASES = [
     ("local(256)+global(4)", 1, 8, 1, 1, 16384, 128, torch.bfloat16),  # decoding, MQA
     ("local(1k) & causal", 1, 2, 2, 16384, 16384, 64, torch.bfloat16),
     ("butterfly(128)", 1, 2, 2, 4096, 4096, 64, torch.bfloat16),
+    ("butterfly(128)", 1, 4, 2, 4096, 4096, 128, torch.bfloat16),  # full blocks only: the 2-per-SM forward
+    ("local(256)+sink(4)", 1, 16, 16, 4096, 4096, 128, torch.bfloat16),  # 16 heads: the sink column is split
     ("strided(256) + local(128)", 1, 2, 2, 2048, 2048, 128, torch.float16),
     ("causal - local(64)", 1, 2, 2, 2048, 2048, 80, torch.bfloat16),  # head dim padded 80 -> 128
     ("chunk(512) + sink(4)", 1, 2, 1, 4096, 4096, 256, torch.bfloat16),
