@@ -125,7 +125,7 @@ def new_kernels(jit_functions, before: dict) -> list:
     return rows
 
 
-def time_variant(label, run, reference, jit_functions, row):
+def time_variant(run, reference, jit_functions, row):
     """Run once (compiling), compare with ``reference``, read the new kernels' resources, time."""
     before = {f: compiled_kernels(f) for f in jit_functions}
     try:
@@ -154,7 +154,7 @@ def forward_rows(pattern, seq_len, head_dim, heads, q, k, v, mask, scale):
     rows, reference = [], None
     for label, config in variants:
         row = dict(pattern=pattern, seq_len=seq_len, head_dim=head_dim, heads=heads, pass_="fwd", variant=label, config=repr(config))
-        result = time_variant(label, lambda: tuple(t.clone() for t in attention_forward(q, k, v, mask, scale, config=config)), reference,
+        result = time_variant(lambda: tuple(t.clone() for t in attention_forward(q, k, v, mask, scale, config=config)), reference,
                               [forward_module._attention_forward_kernel], row)  # fmt: skip
         reference = result if reference is None else reference
         rows.append(row)
@@ -173,7 +173,7 @@ def backward_rows(pattern, seq_len, head_dim, heads, q, k, v, mask, scale):
     rows, reference = [], None
     for label, config in variants:
         row = dict(pattern=pattern, seq_len=seq_len, head_dim=head_dim, heads=heads, pass_="bwd", variant=label, config=repr(config))
-        result = time_variant(label, lambda: attention_backward(dout, q, k, v, out, lse, mask, scale, config=config), reference, kernels, row)
+        result = time_variant(lambda: attention_backward(dout, q, k, v, out, lse, mask, scale, config=config), reference, kernels, row)
         reference = result if reference is None else reference
         rows.append(row)
         print(format_row(row), flush=True)
