@@ -520,11 +520,12 @@ def attention_backward(
     dk = new_output(k.shape, k.dtype, k.device)
     dv = new_output(v.shape, v.dtype, v.device)
     full_runs = walk_full_blocks_as_runs(config, mask)
-    use_tma = tma_mode(config.tma, q, k, v, dout, prefer_host=prefer_host_descriptors(mask, backward=True))
-    q_tiles, do_tiles = streamed_tiles(use_tma, config.block_m1, q, dout)
-    k_tiles, v_tiles = streamed_tiles(use_tma, config.block_n2, k, v)
+    # dK/dV streams Q and dO tiles, dQ streams K and V: each kernel gets its own kind of descriptor.
+    tma_columns = tma_mode(config.tma, q, k, v, dout, prefer_host=prefer_host_descriptors(mask, by_rows=False, backward=True))
+    tma_rows = tma_mode(config.tma, q, k, v, dout, prefer_host=prefer_host_descriptors(mask, by_rows=True, backward=True))
+    q_tiles, do_tiles = streamed_tiles(tma_columns, config.block_m1, q, dout)
+    k_tiles, v_tiles = streamed_tiles(tma_rows, config.block_n2, k, v)
     common = dict(
-        USE_TMA=use_tma,
         GROUP_SIZE=group_size,
         HEAD_DIM=head_dim,
         HEAD_DIM_PADDED=padded,
@@ -567,6 +568,7 @@ def attention_backward(
             **schedule_constants(column_schedule, mask.is_dense),
             FULL_RUNS=column_plan is None and full_runs,
             SPLIT=column_plan is not None,
+            USE_TMA=tma_columns,
             WALK=DKDV_WALK,
             **common,
         )  # fmt: skip
@@ -589,6 +591,7 @@ def attention_backward(
             **schedule_constants(row_schedule, mask.is_dense),
             FULL_RUNS=row_plan is None and full_runs,
             SPLIT=row_plan is not None,
+            USE_TMA=tma_rows,
             WALK=DQ_WALK,
             **common,
         )  # fmt: skip

@@ -231,24 +231,28 @@ def auto_schedule(mask, by_rows: bool) -> Schedule:
     return Schedule(heavy_first=True, heads_fastest=has_long_lines(mask, by_rows))
 
 
-def prefer_host_descriptors(mask, backward: bool) -> bool:
+def prefer_host_descriptors(mask, by_rows: bool, backward: bool) -> bool:
     """Whether a launch should load its tiles through host-built descriptors rather than ones each
-    program builds (when both can: :func:`tma_mode`).
+    program builds (when both can: :func:`tma_mode`). ``by_rows``: the forward and dQ kernels,
+    which walk rows; else the dK/dV kernel, which walks columns.
 
     Host descriptors spare every program a global write and a proxy fence before its first load
     (about 2 us a program, benchmarks/row_costs.py), which short rows feel. But in Triton 3.6 they
-    are slower per tile under a very long line (local(256)+global(4) at 32k, kernel-built / host
-    time: forward 0.94x, backward 0.96x) and in the dense backward (0.95-0.96x); elsewhere they
-    win: forward dense 8k D=128 1.07x, causal 1.03-1.05x, short rows 1.04-1.08x; backward causal
-    1.04x, short rows 1.03-1.04x (benchmarks/tma_modes.py, H200, results/tma_modes_4.json, with
-    the dK/dV kernel walking backwards; before that the causal backward favoured kernel-built
-    descriptors, 0.90x).
+    are slower per tile in a kernel walking one very long row, and in the dense backward (0.95-0.96x);
+    elsewhere they win. H200, kernel times (benchmarks/line_costs.py, results/line_costs.json,
+    32k, 16 heads), kernel-built -> host:
+      rows:    local(256)+global(4) forward 0.731 -> 0.777 ms and dQ 0.786 -> 0.862 (long rows:
+               kernel-built); local(256)+sink(4) (one long column) forward 0.646 -> 0.602, dQ
+               0.690 -> 0.634; local(1k) & causal forward 0.821 -> 0.812, dQ 0.890 -> 0.831.
+      columns: dK/dV faster with host descriptors under long lines too: local(256)+global(4)
+               1.206 -> 1.126 ms, local(256)+sink(4) 1.026 -> 0.950, local(256) 0.868 -> 0.829.
+    Earlier: forward dense 8k D=128 1.07x, causal 1.03-1.05x (results/tma_modes_4.json).
     """
     if mask.is_dense:
         return not backward
-    if backward:
-        return not has_long_lines(mask, True) and not has_long_lines(mask, False)
-    return not has_long_lines(mask, True)
+    if by_rows:
+        return not has_long_lines(mask, True)
+    return True
 
 
 # Full blocks per run, on average, from which the kernels walk runs instead of the block list.

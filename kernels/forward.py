@@ -371,7 +371,7 @@ def attention_forward(
     else:
         out_part = lse_part = out  # unused
     row_lists = row_list_arguments(mask, q.device)
-    use_tma = tma_mode(config.tma, q, k, v, prefer_host=prefer_host_descriptors(mask, backward=False))
+    use_tma = tma_mode(config.tma, q, k, v, prefer_host=prefer_host_descriptors(mask, by_rows=True, backward=False))
     k_tiles, v_tiles = streamed_tiles(use_tma, config.block_n, k, v)
     with on_device_of(q):
         _attention_forward_kernel[grid](

@@ -229,18 +229,25 @@ def test_tma_mode_choices():
         tma_mode("device", odd_rows)
 
 
-# The measured rule (common.prefer_host_descriptors): host descriptors unless one line dwarfs the
-# rest, and not for the dense backward.
+# The measured rule (common.prefer_host_descriptors): host descriptors, except for kernels that walk
+# rows when one row dwarfs the rest, and for the dense backward.
 @pytest.mark.parametrize(
-    "pattern, forward, backward",
-    [("dense", True, False), ("causal", True, True), ("local(256)+global(4)", False, False), ("butterfly(128)", True, True)],
+    "pattern, forward, dq, dkdv",
+    [
+        ("dense", True, False, False),
+        ("causal", True, True, True),
+        ("local(256)+global(4)", False, False, True),
+        ("local(256)+sink(4)", True, True, True),
+        ("butterfly(128)", True, True, True),
+    ],
 )
-def test_host_descriptors_where_measured_faster(pattern, forward, backward):
+def test_host_descriptors_where_measured_faster(pattern, forward, dq, dkdv):
     from sparseflash.kernels.common import prefer_host_descriptors
 
     mask = sparseflash.compile_mask(pattern, 32768)
-    assert prefer_host_descriptors(mask, backward=False) == forward
-    assert prefer_host_descriptors(mask, backward=True) == backward
+    assert prefer_host_descriptors(mask, by_rows=True, backward=False) == forward
+    assert prefer_host_descriptors(mask, by_rows=True, backward=True) == dq
+    assert prefer_host_descriptors(mask, by_rows=False, backward=True) == dkdv
 
 
 # The measured config rule (common.SHORT_FULL_BLOCK_FORWARD): short rows of full blocks only get
