@@ -34,8 +34,17 @@ _TENSOR_NAMES = (
     "full_kv_offsets", "full_kv_indices", "partial_kv_offsets", "partial_kv_indices", "partial_kv_tiles",
     "full_q_offsets", "full_q_indices", "partial_q_offsets", "partial_q_indices", "partial_q_tiles",
     "q_block_order", "kv_block_order", "full_kv_run_offsets", "full_kv_run_starts", "full_kv_run_ends",
-    "full_q_run_offsets", "full_q_run_starts", "full_q_run_ends", "tiles",
+    "full_q_run_offsets", "full_q_run_starts", "full_q_run_ends",
+    "narrow_kv_starts", "narrow_q_starts", "tile_kv_windows", "tile_q_windows", "tiles",
 )  # fmt: skip
+
+# A partial block whose allowed keys (queries) all lie in this many consecutive ones is walked in
+# one step of this width by the kernels that walk rows (columns), instead of whole kernel tiles:
+# the global column of local(256)+global(4) allows 4 keys of each 128-key block. 16 is the
+# smallest tl.dot dimension.
+NARROW_WINDOW = 16
+# ...and only in blocks at least this many times wider, where the step saves most of the work.
+_NARROW_MIN_RATIO = 4
 
 
 class _MaskTensor:
@@ -59,7 +68,8 @@ class BlockMask:
     ``[n*block_n, (n+1)*block_n)``, the last of each possibly cut short by the sequence end (a
     block with such padding is never *full*).
 
-    Per query block ``m`` (forward and dQ passes), CSR over ``n_q_blocks`` rows, ascending ``n``:
+    Per query block ``m`` (forward and dQ passes), CSR over ``n_q_blocks`` rows, ascending ``n``
+    (but narrow partial blocks last, see below):
 
     - ``full_kv_offsets`` int32 ``(n_q_blocks + 1,)``, ``full_kv_indices`` int32 ``(n_full,)``:
       the full blocks of row ``m`` are ``full_kv_indices[full_kv_offsets[m]:full_kv_offsets[m+1]]``.
@@ -72,6 +82,14 @@ class BlockMask:
 
     ``tiles`` uint8 ``(n_tiles, block_m, block_n)``: the distinct element masks of partial blocks,
     1 where the pair is allowed, 0 where it is not or lies past the sequence end.
+
+    *Narrow* partial blocks: ``tile_kv_windows`` int32 ``(n_tiles,)`` gives, for a tile whose
+    allowed keys all lie in ``NARROW_WINDOW`` consecutive keys, the first of them (within the
+    block; the window never crosses the block's end), and -1 for other tiles; ``tile_q_windows``
+    the same for queries. Row ``m``'s partial blocks whose tile has a key window come last in its
+    list, from index ``narrow_kv_starts[m]`` (each part ascending); the forward and dQ kernels walk
+    them one NARROW_WINDOW-key step each. Columns likewise with query windows, ``narrow_q_starts``,
+    for dK/dV. ``narrow_row_blocks`` / ``narrow_col_blocks`` count such entries.
 
     The full blocks again as runs of consecutive blocks, which is how the kernels walk them (a
     run's key offsets are affine in the loop counter, so K and V can be prefetched): row ``m``'s runs
@@ -109,6 +127,10 @@ class BlockMask:
     full_q_run_offsets = _MaskTensor()
     full_q_run_starts = _MaskTensor()
     full_q_run_ends = _MaskTensor()
+    narrow_kv_starts = _MaskTensor()
+    narrow_q_starts = _MaskTensor()
+    tile_kv_windows = _MaskTensor()
+    tile_q_windows = _MaskTensor()
     tiles = _MaskTensor()
 
     def __init__(
@@ -126,6 +148,8 @@ class BlockMask:
         tensors: dict | None = None,
         build_tensors=None,
         is_dense: bool = False,
+        narrow_row_blocks: int = 0,
+        narrow_col_blocks: int = 0,
     ):
         if (tensors is None) == (build_tensors is None):
             raise ValueError("BlockMask needs its tensors or a function that builds them, not both")
@@ -133,7 +157,8 @@ class BlockMask:
             ("pattern", pattern), ("q_len", q_len), ("kv_len", kv_len), ("block_m", block_m),
             ("block_n", block_n), ("allowed_pairs", allowed_pairs), ("max_blocks_per_row", max_blocks_per_row),
             ("max_blocks_per_col", max_blocks_per_col), ("device", torch.device(device)),
-            ("is_dense", is_dense), ("_tensors", tensors), ("_build_tensors", build_tensors), ("_copies", {}),
+            ("is_dense", is_dense), ("narrow_row_blocks", narrow_row_blocks),
+            ("narrow_col_blocks", narrow_col_blocks), ("_tensors", tensors), ("_build_tensors", build_tensors), ("_copies", {}),
         ):  # fmt: skip
             object.__setattr__(self, name, value)
 
@@ -255,7 +280,7 @@ class BlockMask:
             pattern=self.pattern, q_len=self.q_len, kv_len=self.kv_len, block_m=self.block_m,
             block_n=self.block_n, allowed_pairs=self.allowed_pairs, max_blocks_per_row=self.max_blocks_per_row,
             max_blocks_per_col=self.max_blocks_per_col, device=device, is_dense=self.is_dense,
-            **moved,
+            narrow_row_blocks=self.narrow_row_blocks, narrow_col_blocks=self.narrow_col_blocks, **moved,
         )  # fmt: skip
 
     def __str__(self) -> str:
@@ -385,6 +410,20 @@ def _refine_partial(pattern: Pattern, geometry: TileGeometry, rows, cols, classe
     return rows[keep], cols[keep], classes[keep], tile_of_block[keep], tiles[used]
 
 
+def _narrow_windows(allowed_lines: np.ndarray, block: int) -> np.ndarray:
+    """int32 ``(n_tiles,)``: for ``allowed_lines`` bool ``(n_tiles, block)`` (which keys, or
+    queries, a tile allows anywhere), the first of NARROW_WINDOW consecutive lines holding them
+    all, kept inside the block; -1 where they span more, or the block is too small to gain."""
+    windows = np.full(allowed_lines.shape[0], -1, dtype=np.int32)
+    if block < _NARROW_MIN_RATIO * NARROW_WINDOW or allowed_lines.shape[0] == 0:
+        return windows
+    first = allowed_lines.argmax(axis=1)
+    last = block - 1 - allowed_lines[:, ::-1].argmax(axis=1)
+    narrow = last - first < NARROW_WINDOW
+    windows[narrow] = np.minimum(first[narrow], block - NARROW_WINDOW)
+    return windows
+
+
 def _runs(major: np.ndarray, minor: np.ndarray, n_major: int):
     """Maximal runs of consecutive ``minor`` indices within each ``major`` line (input sorted by
     (major, minor)): CSR offsets over the lines, and each run's first and one-past-last index."""
@@ -450,6 +489,7 @@ def _build_tensors(pattern: Pattern, geometry: TileGeometry, device: torch.devic
     rows, cols, classes = _classify(pattern, geometry)
     rows, cols, classes, tile_of_block, tiles = _refine_partial(pattern, geometry, rows, cols, classes)
     arrays = {}
+    summary_counts = {"kv": 0, "q": 0}
     for kind, name in ((FULL, "full"), (PARTIAL, "partial")):
         selected = classes == kind
         block_rows, block_cols, block_tiles = rows[selected], cols[selected], tile_of_block[selected]
@@ -463,7 +503,21 @@ def _build_tensors(pattern: Pattern, geometry: TileGeometry, device: torch.devic
                 offsets, starts, ends = _runs(major, minor, n_major)
                 arrays[f"full_{side}_run_offsets"], arrays[f"full_{side}_run_starts"], arrays[f"full_{side}_run_ends"] = offsets, starts, ends
         if kind == PARTIAL:
-            arrays["partial_kv_tiles"], arrays["partial_q_tiles"] = block_tiles[by_row], block_tiles[by_col]
+            arrays["tile_kv_windows"] = _narrow_windows(tiles.any(axis=1), geometry.block_n)
+            arrays["tile_q_windows"] = _narrow_windows(tiles.any(axis=2), geometry.block_m)
+            for side, major, minor, offsets, order, n_major in (
+                ("kv", block_rows, block_cols, row_offsets, by_row, geometry.n_q_blocks),
+                ("q", block_cols, block_rows, col_offsets, by_col, geometry.n_kv_blocks),
+            ):  # fmt: skip
+                narrow = arrays[f"tile_{side}_windows"][block_tiles] >= 0
+                if narrow.any():
+                    # Narrow blocks last in their line (the kernels walk them in a loop of their own).
+                    order = np.lexsort((minor, narrow, major))
+                    arrays[f"partial_{side}_indices"] = minor[order]
+                n_wide = np.bincount(major[~narrow], minlength=n_major)
+                arrays[f"narrow_{side}_starts"] = offsets[:-1] + n_wide
+                arrays[f"partial_{side}_tiles"] = block_tiles[order]
+                summary_counts[side] = int(narrow.sum())
     longest = {}
     for name, offsets in (("q_block_order", "kv_offsets"), ("kv_block_order", "q_offsets")):
         work = np.diff(arrays[f"full_{offsets}"]) + np.diff(arrays[f"partial_{offsets}"])
@@ -478,6 +532,8 @@ def _build_tensors(pattern: Pattern, geometry: TileGeometry, device: torch.devic
         allowed_pairs=_allowed_pairs(geometry, classes, tile_of_block, tiles),
         max_blocks_per_row=longest["q_block_order"],
         max_blocks_per_col=longest["kv_block_order"],
+        narrow_row_blocks=summary_counts["kv"],
+        narrow_col_blocks=summary_counts["q"],
     )
     return tensors, summary
 

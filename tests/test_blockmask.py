@@ -58,6 +58,8 @@ def test_transposed_lists_hold_the_same_blocks(text):
         by_col = {(int(m), n) for n in range(mask.n_kv_blocks) for m in col_idx[col_off[n] : col_off[n + 1]]}
         assert by_row == by_col
         # ascending within each row and column, so neighbouring programs walk K/V in the same order
+        # (no block here is narrow: the blocks are too small, so partial rows are ascending too)
+        assert mask.narrow_row_blocks == mask.narrow_col_blocks == 0
         for m in range(mask.n_q_blocks):
             assert torch.all(torch.diff(row_idx[row_off[m] : row_off[m + 1]]) > 0)
     # each partial block points at the same tile from both sides
@@ -68,6 +70,58 @@ def test_transposed_lists_hold_the_same_blocks(text):
     for n in range(mask.n_kv_blocks):
         for idx in range(mask.partial_q_offsets[n], mask.partial_q_offsets[n + 1]):
             assert row_tile[(int(mask.partial_q_indices[idx]), n)] == int(mask.partial_q_tiles[idx])
+
+
+def narrow_case_masks():
+    """Masks with narrow partial blocks: global columns and rows, and random ones from a dense mask
+    whose blocks allow at most 16 consecutive keys or queries, some at a block's end."""
+    yield compile_mask("local(100) + global(4)", 700, block_m=64, block_n=128)
+    yield compile_mask("local(60) + sink(3)", 333, 290, block_m=128, block_n=64)
+    generator = torch.Generator().manual_seed(7)
+    dense = torch.rand(320, 384, generator=generator) < 0.02  # scattered pairs: wide blocks
+    dense[:, :128] = False
+    dense[:, 120:126] = torch.rand(320, 6, generator=generator) < 0.5  # keys 120-125: a narrow column
+    dense[64:128, 128:] = False
+    dense[64:79, 128:] = torch.rand(15, 256, generator=generator) < 0.5  # queries 64-78: narrow rows
+    yield mask_from_dense(dense, block_m=64, block_n=128)
+
+
+@pytest.mark.parametrize("mask", list(narrow_case_masks()), ids=["global", "sink", "from-dense"])
+def test_narrow_windows_hold_every_allowed_pair_and_come_last(mask):
+    from sparseflash.blockmask import NARROW_WINDOW
+
+    tiles = mask.tiles.bool()
+    if "sink" not in str(mask.pattern):  # the global row and the dense case's rows 64-78
+        assert mask.narrow_col_blocks > 0
+    for side, axis, block, windows in (("kv", 1, mask.block_n, mask.tile_kv_windows), ("q", 2, mask.block_m, mask.tile_q_windows)):
+        lines = tiles.any(axis)  # (n_tiles, block): keys (queries) each tile allows
+        positions = torch.arange(block)
+        for t, window in enumerate(windows.tolist()):
+            allowed = positions[lines[t]]
+            span = int(allowed.max() - allowed.min()) + 1
+            if window < 0:
+                assert span > NARROW_WINDOW
+            else:
+                assert 0 <= window <= block - NARROW_WINDOW
+                assert window <= allowed.min() and allowed.max() < window + NARROW_WINDOW
+        offsets, indices, tile_ids = (getattr(mask, f"partial_{side}_{name}") for name in ("offsets", "indices", "tiles"))
+        starts = getattr(mask, f"narrow_{side}_starts")
+        n_narrow = 0
+        for line in range(offsets.numel() - 1):
+            begin, middle, end = int(offsets[line]), int(starts[line]), int(offsets[line + 1])
+            assert begin <= middle <= end
+            assert all(windows[tile_ids[begin:middle]] < 0) and all(windows[tile_ids[middle:end]] >= 0)
+            for part in (indices[begin:middle], indices[middle:end]):
+                assert torch.all(torch.diff(part) > 0)
+            n_narrow += end - middle
+        assert n_narrow == (mask.narrow_row_blocks if side == "kv" else mask.narrow_col_blocks)
+    assert mask.narrow_row_blocks > 0  # each case has a narrow column
+
+
+def test_narrow_lists_keep_the_exact_mask():
+    text = "local(100) + global(4)"
+    mask = compile_mask(text, 700, block_m=64, block_n=128)
+    assert torch.equal(mask.to_dense_mask(), parse(text).dense_mask(700, 700))
 
 
 def test_lists_are_int32_and_tiles_uint8():
