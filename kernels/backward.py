@@ -52,10 +52,12 @@ from .common import (
     streamed_tiles,
     WALK_FORWARD,
     WALK_REVERSE,
+    TMA_OFF,
     tile_source,
     tma_mode,
     prefer_host_descriptors,
 )
+from ..blockmask import NARROW_WINDOW
 from .split import item_arguments, item_block_ranges, merge_sum, new_scratch, plan_for, program_item, scratch_rows
 
 _NO_MASK = tl.constexpr(0)  # full block (or a whole dense tile)
@@ -158,9 +160,9 @@ def _dkdv_step(
 
 @triton.jit
 def _attention_backward_dkdv_kernel(
-    Q, K, V, DOut, Lse, Delta, DK, DV, DKPart, DVPart,
+    Q, K, V, DOut, Q_rows, DOut_rows, Lse, Delta, DK, DV, DKPart, DVPart,
     full_q_offsets, full_q_indices, full_q_run_offsets, full_q_run_starts, full_q_run_ends,
-    partial_q_offsets, partial_q_indices, partial_q_tiles, tiles,
+    partial_q_offsets, partial_q_indices, partial_q_tiles, narrow_q_starts, tile_q_windows, tiles,
     item_lines, item_begins, item_ends, item_slots,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -184,6 +186,8 @@ def _attention_backward_dkdv_kernel(
     SPLIT: tl.constexpr,
     USE_TMA: tl.constexpr,
     WALK: tl.constexpr,
+    HAS_NARROW: tl.constexpr,
+    NARROW: tl.constexpr,
 ):  # fmt: skip
     start_n, batch_head, item_begin, item_end, slot = program_item(
         item_lines, item_begins, item_ends, item_slots, BLOCK_N, MASK_BLOCK_N, HEAVY_FIRST, HEADS_FASTEST, SPLIT
@@ -210,6 +214,11 @@ def _attention_backward_dkdv_kernel(
         full_begin, full_end, partial_begin, partial_end = item_block_ranges(
             full_q_offsets, partial_q_offsets, mask_col, item_begin, item_end
         )
+        # Narrow partial blocks (allowed queries within NARROW, BlockMask) come last: one
+        # NARROW-query step each, after the others' whole tiles.
+        wide_end = partial_end
+        if HAS_NARROW:
+            wide_end = tl.maximum(tl.minimum(partial_end, tl.load(narrow_q_starts + mask_col)), partial_begin)
 
     for member in range(0, GROUP_SIZE):
         q_head = kv_head * GROUP_SIZE + member
@@ -266,7 +275,7 @@ def _attention_backward_dkdv_kernel(
                         stride_qm, stride_qd, stride_dom, stride_dod, q_len, qk_scale, 0,
                         _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_M,
                     )  # fmt: skip
-            for step in range(partial_begin * M_STEPS, partial_end * M_STEPS):
+            for step in range(partial_begin * M_STEPS, wide_end * M_STEPS):
                 q_block = tl.load(partial_q_indices + step // M_STEPS)
                 tile_id = tl.load(partial_q_tiles + step // M_STEPS)
                 row_in_tile = (step % M_STEPS) * BLOCK_M
@@ -279,6 +288,23 @@ def _attention_backward_dkdv_kernel(
                     offs_m, offs_d, stride_qm, stride_qd, stride_dom, stride_dod, q_len, qk_scale, allowed_t,
                     _TILE_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_M,
                 )  # fmt: skip
+            if HAS_NARROW:
+                # Pointer loads: the descriptors' boxes are BLOCK_M rows tall.
+                q_rows = Q_rows + tl.cast(batch, tl.int64) * stride_qb + tl.cast(q_head, tl.int64) * stride_qh
+                do_rows = DOut_rows + tl.cast(batch, tl.int64) * stride_dob + tl.cast(q_head, tl.int64) * stride_doh
+                offs_w = tl.arange(0, NARROW)
+                for entry in range(wide_end, partial_end):
+                    tile_id = tl.load(partial_q_tiles + entry)
+                    window = tl.load(tile_q_windows + tile_id)
+                    allowed_t = load_tile_mask(
+                        tiles, tile_id, window, col_in_tile, offs_w[None, :], offs_n[:, None], MASK_BLOCK_M, MASK_BLOCK_N
+                    )
+                    dk, dv = _dkdv_step(
+                        dk, dv, k, v, q_rows, do_rows, batch, q_head, lse_base, delta_base,
+                        tl.load(partial_q_indices + entry) * MASK_BLOCK_M + window,
+                        offs_w, offs_d, stride_qm, stride_qd, stride_dom, stride_dod, q_len, qk_scale, allowed_t,
+                        _TILE_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, TMA_OFF, NARROW,
+                    )  # fmt: skip
 
     dk = dk * scale
     # An item of a split column writes float32 partial sums to its slot, summed later.
@@ -346,9 +372,9 @@ def _dq_step(
 
 @triton.jit
 def _attention_backward_dq_kernel(
-    Q, K, V, DOut, Lse, Delta, DQ, DQPart,
+    Q, K, V, DOut, K_rows, V_rows, Lse, Delta, DQ, DQPart,
     full_kv_offsets, full_kv_indices, full_kv_run_offsets, full_kv_run_starts, full_kv_run_ends,
-    partial_kv_offsets, partial_kv_indices, partial_kv_tiles, tiles,
+    partial_kv_offsets, partial_kv_indices, partial_kv_tiles, narrow_kv_starts, tile_kv_windows, tiles,
     item_lines, item_begins, item_ends, item_slots,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -371,6 +397,8 @@ def _attention_backward_dq_kernel(
     SPLIT: tl.constexpr,
     USE_TMA: tl.constexpr,
     WALK: tl.constexpr,
+    HAS_NARROW: tl.constexpr,
+    NARROW: tl.constexpr,
 ):  # fmt: skip
     start_m, batch_head, item_begin, item_end, slot = program_item(
         item_lines, item_begins, item_ends, item_slots, BLOCK_M, MASK_BLOCK_M, HEAVY_FIRST, HEADS_FASTEST, SPLIT
@@ -419,6 +447,10 @@ def _attention_backward_dq_kernel(
         full_begin, full_end, partial_begin, partial_end = item_block_ranges(
             full_kv_offsets, partial_kv_offsets, mask_row, item_begin, item_end
         )
+        # Narrow partial blocks last, one NARROW-key step each (as in the forward).
+        wide_end = partial_end
+        if HAS_NARROW:
+            wide_end = tl.maximum(tl.minimum(partial_end, tl.load(narrow_kv_starts + mask_row)), partial_begin)
         if FULL_RUNS:
             run_begin = tl.load(full_kv_run_offsets + mask_row)
             run_end = tl.load(full_kv_run_offsets + mask_row + 1)
@@ -448,7 +480,7 @@ def _attention_backward_dq_kernel(
                     stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
                     _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N,
                 )  # fmt: skip
-        for step in range(partial_begin * N_STEPS, partial_end * N_STEPS):
+        for step in range(partial_begin * N_STEPS, wide_end * N_STEPS):
             kv_block = tl.load(partial_kv_indices + step // N_STEPS)
             tile_id = tl.load(partial_kv_tiles + step // N_STEPS)
             col_in_tile = (step % N_STEPS) * BLOCK_N
@@ -460,6 +492,22 @@ def _attention_backward_dq_kernel(
                 stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, allowed,
                 _TILE_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N,
             )  # fmt: skip
+        if HAS_NARROW:
+            # Pointer loads: the descriptors' boxes are BLOCK_N rows tall.
+            k_rows = K_rows + tl.cast(batch, tl.int64) * stride_kb + tl.cast(kv_head, tl.int64) * stride_kh
+            v_rows = V_rows + tl.cast(batch, tl.int64) * stride_vb + tl.cast(kv_head, tl.int64) * stride_vh
+            offs_w = tl.arange(0, NARROW)
+            for entry in range(wide_end, partial_end):
+                tile_id = tl.load(partial_kv_tiles + entry)
+                window = tl.load(tile_kv_windows + tile_id)
+                allowed = load_tile_mask(
+                    tiles, tile_id, row_in_tile, window, offs_m[:, None], offs_w[None, :], MASK_BLOCK_M, MASK_BLOCK_N
+                )  # [BLOCK_M, NARROW]
+                dq = _dq_step(
+                    dq, q, do, lse2, delta, k_rows, v_rows, batch, kv_head, tl.load(partial_kv_indices + entry) * MASK_BLOCK_N + window,
+                    offs_w, offs_d, stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, allowed,
+                    _TILE_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, TMA_OFF, NARROW,
+                )  # fmt: skip
 
     dq = dq * scale
     to_slot = False
@@ -533,6 +581,7 @@ def attention_backward(
         MASK_BLOCK_N=mask.block_n,
         IS_DENSE=mask.is_dense,
         DOT_PRECISION=precision,
+        NARROW=NARROW_WINDOW,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
@@ -558,7 +607,7 @@ def attention_backward(
             dk_part = dv_part = dk  # unused
         column_lists = column_list_arguments(mask, q.device)
         _attention_backward_dkdv_kernel[dkdv_grid](
-            q_tiles, k, v, do_tiles,
+            q_tiles, k, v, do_tiles, q, dout,
             lse, delta, dk, dv, dk_part, dv_part,
             *column_lists[:-1], *item_arguments(column_plan, column_lists[-1]),
             *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(),
@@ -570,6 +619,7 @@ def attention_backward(
             SPLIT=column_plan is not None,
             USE_TMA=tma_columns,
             WALK=DKDV_WALK,
+            HAS_NARROW=not mask.is_dense and mask.narrow_col_blocks > 0,
             **common,
         )  # fmt: skip
         if column_plan is not None:
@@ -581,7 +631,7 @@ def attention_backward(
         dq_part = new_scratch(row_plan, batch * n_q_heads, mask.block_m, padded, q.device) if row_plan is not None else dq
         row_lists = row_list_arguments(mask, q.device)
         _attention_backward_dq_kernel[dq_grid](
-            q, k_tiles, v_tiles, dout,
+            q, k_tiles, v_tiles, dout, k, v,
             lse, delta, dq, dq_part,
             *row_lists[:-1], *item_arguments(row_plan, row_lists[-1]),
             *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(),
@@ -593,6 +643,7 @@ def attention_backward(
             SPLIT=row_plan is not None,
             USE_TMA=tma_rows,
             WALK=DQ_WALK,
+            HAS_NARROW=not mask.is_dense and mask.narrow_row_blocks > 0,
             **common,
         )  # fmt: skip
         if row_plan is not None:

@@ -54,7 +54,8 @@ def row_list_arguments(mask, device) -> tuple:
     return (
         mask.full_kv_offsets, mask.full_kv_indices,
         mask.full_kv_run_offsets, mask.full_kv_run_starts, mask.full_kv_run_ends,
-        mask.partial_kv_offsets, mask.partial_kv_indices, mask.partial_kv_tiles, mask.tiles, mask.q_block_order,
+        mask.partial_kv_offsets, mask.partial_kv_indices, mask.partial_kv_tiles,
+        mask.narrow_kv_starts, mask.tile_kv_windows, mask.tiles, mask.q_block_order,
     )  # fmt: skip
 
 
@@ -65,13 +66,14 @@ def column_list_arguments(mask, device) -> tuple:
     return (
         mask.full_q_offsets, mask.full_q_indices,
         mask.full_q_run_offsets, mask.full_q_run_starts, mask.full_q_run_ends,
-        mask.partial_q_offsets, mask.partial_q_indices, mask.partial_q_tiles, mask.tiles, mask.kv_block_order,
+        mask.partial_q_offsets, mask.partial_q_indices, mask.partial_q_tiles,
+        mask.narrow_q_starts, mask.tile_q_windows, mask.tiles, mask.kv_block_order,
     )  # fmt: skip
 
 
 def _placeholders(device) -> tuple:
     index = torch.zeros(1, dtype=torch.int32, device=device)
-    return (index,) * 8 + (torch.zeros(1, dtype=torch.uint8, device=device), index)
+    return (index,) * 10 + (torch.zeros(1, dtype=torch.uint8, device=device), index)
 
 
 def launch_grid(length: int, block: int, mask_block: int, n_batch_heads: int, schedule: Schedule, is_dense: bool, plan=None) -> tuple:

@@ -55,10 +55,12 @@ from .common import (
     run_tiles,
     streamed_tiles,
     WALK_REVERSE,
+    TMA_OFF,
     tile_source,
     tma_mode,
     prefer_host_descriptors,
 )
+from ..blockmask import NARROW_WINDOW
 from .split import item_arguments, item_block_ranges, merge_softmax, new_scratch, plan_for, program_item, scratch_rows
 
 # The order in which the forward walks runs of full blocks and dense rows (common.WALK_*). Keys
@@ -156,9 +158,9 @@ def _partial_block_step(
 
 @triton.jit
 def _attention_forward_kernel(
-    Q, K, V, Out, Lse, OutPart, LsePart,
+    Q, K, V, K_rows, V_rows, Out, Lse, OutPart, LsePart,
     full_kv_offsets, full_kv_indices, full_kv_run_offsets, full_kv_run_starts, full_kv_run_ends,
-    partial_kv_offsets, partial_kv_indices, partial_kv_tiles, tiles,
+    partial_kv_offsets, partial_kv_indices, partial_kv_tiles, narrow_kv_starts, tile_kv_windows, tiles,
     item_lines, item_begins, item_ends, item_slots,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -182,6 +184,8 @@ def _attention_forward_kernel(
     USE_TMA: tl.constexpr,
     WALK: tl.constexpr,
     HAS_PARTIAL: tl.constexpr,
+    HAS_NARROW: tl.constexpr,
+    NARROW: tl.constexpr,
 ):  # fmt: skip
     start_m, batch_head, item_begin, item_end, slot = program_item(
         item_lines, item_begins, item_ends, item_slots, BLOCK_M, MASK_BLOCK_M, HEAVY_FIRST, HEADS_FASTEST, SPLIT
@@ -230,6 +234,11 @@ def _attention_forward_kernel(
         full_begin, full_end, partial_begin, partial_end = item_block_ranges(
             full_kv_offsets, partial_kv_offsets, mask_row, item_begin, item_end
         )
+        # Partial blocks [partial_begin, wide_end) are walked in whole kernel tiles, the narrow ones
+        # after them (BlockMask: allowed keys within NARROW) in one NARROW-key step each.
+        wide_end = partial_end
+        if HAS_NARROW:
+            wide_end = tl.maximum(tl.minimum(partial_end, tl.load(narrow_kv_starts + mask_row)), partial_begin)
 
         if FULL_RUNS:
             # Long runs of consecutive full blocks: inside a run the key offset is affine in the
@@ -286,11 +295,11 @@ def _attention_forward_kernel(
             pass
         elif LIST_SLOTS > 0:
             slots = tl.arange(0, LIST_SLOTS)
-            for chunk in range(partial_begin, partial_end, LIST_SLOTS):
-                in_chunk = chunk + slots < partial_end
+            for chunk in range(partial_begin, wide_end, LIST_SLOTS):
+                in_chunk = chunk + slots < wide_end
                 chunk_blocks = tl.load(partial_kv_indices + chunk + slots, mask=in_chunk, other=0)
                 chunk_tiles = tl.load(partial_kv_tiles + chunk + slots, mask=in_chunk, other=0)
-                for step in range(0, tl.minimum(partial_end - chunk, LIST_SLOTS) * N_STEPS):
+                for step in range(0, tl.minimum(wide_end - chunk, LIST_SLOTS) * N_STEPS):
                     acc, m_i, l_i = _partial_block_step(
                         acc, m_i, l_i, q, k_base, v_base, batch, kv_head,
                         _list_entry(chunk_blocks, slots, step // N_STEPS), _list_entry(chunk_tiles, slots, step // N_STEPS),
@@ -299,13 +308,27 @@ def _attention_forward_kernel(
                         MASK_BLOCK_M, MASK_BLOCK_N, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N,
                     )  # fmt: skip
         else:
-            for step in range(partial_begin * N_STEPS, partial_end * N_STEPS):
+            for step in range(partial_begin * N_STEPS, wide_end * N_STEPS):
                 acc, m_i, l_i = _partial_block_step(
                     acc, m_i, l_i, q, k_base, v_base, batch, kv_head,
                     tl.load(partial_kv_indices + step // N_STEPS), tl.load(partial_kv_tiles + step // N_STEPS),
                     row_in_tile, (step % N_STEPS) * BLOCK_N, tiles, offs_m, offs_n, offs_d,
                     stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale,
                     MASK_BLOCK_M, MASK_BLOCK_N, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N,
+                )  # fmt: skip
+        if HAS_NARROW:
+            # Pointer loads: the descriptors' boxes are BLOCK_N rows tall.
+            k_rows = K_rows + tl.cast(batch, tl.int64) * stride_kb + tl.cast(kv_head, tl.int64) * stride_kh
+            v_rows = V_rows + tl.cast(batch, tl.int64) * stride_vb + tl.cast(kv_head, tl.int64) * stride_vh
+            offs_w = tl.arange(0, NARROW)
+            for entry in range(wide_end, partial_end):
+                tile_id = tl.load(partial_kv_tiles + entry)
+                acc, m_i, l_i = _partial_block_step(
+                    acc, m_i, l_i, q, k_rows, v_rows, batch, kv_head,
+                    tl.load(partial_kv_indices + entry), tile_id,
+                    row_in_tile, tl.load(tile_kv_windows + tile_id), tiles, offs_m, offs_w, offs_d,
+                    stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale,
+                    MASK_BLOCK_M, MASK_BLOCK_N, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, TMA_OFF, NARROW,
                 )  # fmt: skip
 
     # Rows with no allowed key: divide by 1 (acc is 0) and report lse = -inf. See [Note].
@@ -375,7 +398,7 @@ def attention_forward(
     k_tiles, v_tiles = streamed_tiles(use_tma, config.block_n, k, v)
     with on_device_of(q):
         _attention_forward_kernel[grid](
-            q, k_tiles, v_tiles, out, lse, out_part, lse_part,
+            q, k_tiles, v_tiles, k, v, out, lse, out_part, lse_part,
             *row_lists[:-1], *item_arguments(plan, row_lists[-1]),
             *q.stride(), *k.stride(), *v.stride(), *out.stride(),
             n_q_heads, batch * n_q_heads, q_len, kv_len, scale * LOG2E,
@@ -394,6 +417,8 @@ def attention_forward(
             USE_TMA=use_tma,
             WALK=FORWARD_WALK,
             HAS_PARTIAL=mask.is_dense or mask.n_partial > 0,
+            HAS_NARROW=not mask.is_dense and mask.narrow_row_blocks > 0,
+            NARROW=NARROW_WINDOW,
             DOT_PRECISION=dot_precision(q.dtype, allow_tf32),
             num_warps=config.num_warps,
             num_stages=config.num_stages,

@@ -97,6 +97,8 @@ PATTERN_CASES = [
     ("~chunk(32) & causal", 113, 113, 32, 32),
     ("strided(8) + sink(3)", 97, 97, 32, 32),
     ("(butterfly(16) | sink(2)) & ~local(5)", 113, 113, 32, 32),
+    # 64-blocks: the global column's and row's blocks are narrow (walked in 16-key/-query steps)
+    ("local(50)+global(3)", 190, 201, 64, 64),
 ]
 
 

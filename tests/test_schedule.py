@@ -78,6 +78,36 @@ def test_split_lines_match_the_oracle(pattern, q_len, kv_len, kv_heads, split_bl
         check_kernels_against_oracle(q, k, v, dout, mask, allowed, schedule=schedule, split_blocks=split_blocks)
 
 
+def narrow_block_masks():
+    """Masks whose rows or columns hold narrow partial blocks (BlockMask.tile_kv_windows, walked in
+    16-key or 16-query steps), as (mask, allowed)."""
+    pattern = "local(40) + global(4)"  # the global column: 4 keys a block; the global row: 4 queries
+    yield sparseflash.compile_mask(pattern, 200, 200, block_m=64, block_n=64), sparseflash.parse(pattern).dense_mask(200, 200)
+    gen = torch.Generator().manual_seed(5)
+    allowed = torch.rand(190, 250, generator=gen) < 0.03
+    allowed[:, :64] = False
+    allowed[:, 57:63] = torch.rand(190, 6, generator=gen) < 0.5  # keys 57-62: the window is 48-63
+    allowed[64:128, 64:] = False
+    allowed[70:83, 64:] = torch.rand(13, 186, generator=gen) < 0.5  # queries 70-82, every key block
+    allowed[:3, 64:] = False  # rows with no key at all
+    yield sparseflash.mask_from_dense(allowed, block_m=64, block_n=64), allowed
+
+
+# Narrow partial blocks in all three kernels: with kernel tiles as large as the mask blocks and
+# smaller, in whole lines and in split ones (their narrow blocks then fall into some items only),
+# with GQA folding two query heads into each dK/dV program.
+@pytest.mark.parametrize("tile, split_blocks", [(64, 0), (16, 0), (32, 2)])
+@pytest.mark.parametrize("case", list(narrow_block_masks()), ids=["global", "from-dense"])
+def test_narrow_blocks_match_the_oracle(case, tile, split_blocks, monkeypatch):
+    monkeypatch.setattr(kernels, "POISON_OUTPUTS", True)
+    mask, allowed = case
+    assert mask.narrow_row_blocks > 0 and mask.narrow_col_blocks > 0
+    gen = torch.Generator().manual_seed(tile + split_blocks)
+    q, dout = (torch.randn(1, 2, mask.q_len, 24, generator=gen) for _ in range(2))
+    k, v = (torch.randn(1, 1, mask.kv_len, 24, generator=gen) for _ in range(2))
+    check_kernels_against_oracle(q, k, v, dout, mask, allowed, split_blocks=split_blocks, tile=tile)
+
+
 @pytest.mark.parametrize("split_blocks", [1, 2, 5, 8])
 def test_split_plan_covers_every_line_once(split_blocks):
     mask = sparseflash.compile_mask("local(50) + global(7) + strided(90)", 700, 650, block_m=32, block_n=32)
@@ -168,13 +198,14 @@ def test_list_slots_must_be_a_power_of_two():
         attention_forward(q, q, q, mask, 0.25, config=ForwardConfig(16, 16, 4, 1, list_slots=6))
 
 
-def check_kernels_against_oracle(q, k, v, dout, mask, allowed, schedule=Schedule(), full_runs=None, split_blocks=0, tma=False):
+def check_kernels_against_oracle(
+    q, k, v, dout, mask, allowed, schedule=Schedule(), full_runs=None, split_blocks=0, tma=False, tile=16
+):
     scale = q.shape[-1] ** -0.5
-    forward_config = ForwardConfig(16, 16, 4, 1, schedule, full_runs, split_blocks, tma)
+    forward_config = ForwardConfig(tile, tile, 4, 1, schedule, full_runs, split_blocks, tma)
     out, lse = attention_forward(q, k, v, mask, scale, config=forward_config)
-    dq, dk, dv = attention_backward(
-        dout, q, k, v, out, lse, mask, scale, config=BackwardConfig(16, 16, 16, 16, 4, 1, schedule, full_runs, split_blocks, tma)
-    )
+    backward_config = BackwardConfig(tile, tile, tile, tile, 4, 1, schedule, full_runs, split_blocks, tma)
+    dq, dk, dv = attention_backward(dout, q, k, v, out, lse, mask, scale, config=backward_config)
     leaves = [t.clone().double().requires_grad_(True) for t in (q, k, v)]
     ref_out, ref_lse = reference_attention(*leaves, allowed)
     ref_grads = torch.autograd.grad((ref_out * dout.double()).sum(), leaves)
