@@ -41,6 +41,7 @@ from .common import (
     launch_grid,
     load_rows,
     load_tile_mask,
+    partial_parts,
     new_output,
     on_device_of,
     row_list_arguments,
@@ -162,7 +163,8 @@ def _dkdv_step(
 def _attention_backward_dkdv_kernel(
     Q, K, V, DOut, Q_rows, DOut_rows, Lse, Delta, DK, DV, DKPart, DVPart,
     full_q_offsets, full_q_indices, full_q_run_offsets, full_q_run_starts, full_q_run_ends,
-    partial_q_offsets, partial_q_indices, partial_q_tiles, narrow_q_starts, tile_q_windows, tiles,
+    partial_q_offsets, partial_q_indices, partial_q_tiles,
+    across_q_starts, across_q_windows, narrow_q_starts, tile_q_windows, tiles,
     item_lines, item_begins, item_ends, item_slots,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -215,10 +217,13 @@ def _attention_backward_dkdv_kernel(
             full_q_offsets, partial_q_offsets, mask_col, item_begin, item_end
         )
         # Narrow partial blocks (allowed queries within NARROW, BlockMask) come last: one
-        # NARROW-query step each, after the others' whole tiles.
+        # NARROW-query step each, after the others' whole tiles (common.partial_parts).
         wide_end = partial_end
+        narrow_begin = partial_end
         if HAS_NARROW:
-            wide_end = tl.maximum(tl.minimum(partial_end, tl.load(narrow_q_starts + mask_col)), partial_begin)
+            wide_end, narrow_begin = partial_parts(
+                across_q_starts, across_q_windows, narrow_q_starts, mask_col, partial_begin, partial_end, col_in_tile, BLOCK_N, NARROW
+            )
 
     for member in range(0, GROUP_SIZE):
         q_head = kv_head * GROUP_SIZE + member
@@ -293,7 +298,7 @@ def _attention_backward_dkdv_kernel(
                 q_rows = Q_rows + tl.cast(batch, tl.int64) * stride_qb + tl.cast(q_head, tl.int64) * stride_qh
                 do_rows = DOut_rows + tl.cast(batch, tl.int64) * stride_dob + tl.cast(q_head, tl.int64) * stride_doh
                 offs_w = tl.arange(0, NARROW)
-                for entry in range(wide_end, partial_end):
+                for entry in range(narrow_begin, partial_end):
                     tile_id = tl.load(partial_q_tiles + entry)
                     window = tl.load(tile_q_windows + tile_id)
                     allowed_t = load_tile_mask(
@@ -374,7 +379,8 @@ def _dq_step(
 def _attention_backward_dq_kernel(
     Q, K, V, DOut, K_rows, V_rows, Lse, Delta, DQ, DQPart,
     full_kv_offsets, full_kv_indices, full_kv_run_offsets, full_kv_run_starts, full_kv_run_ends,
-    partial_kv_offsets, partial_kv_indices, partial_kv_tiles, narrow_kv_starts, tile_kv_windows, tiles,
+    partial_kv_offsets, partial_kv_indices, partial_kv_tiles,
+    across_kv_starts, across_kv_windows, narrow_kv_starts, tile_kv_windows, tiles,
     item_lines, item_begins, item_ends, item_slots,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -449,8 +455,11 @@ def _attention_backward_dq_kernel(
         )
         # Narrow partial blocks last, one NARROW-key step each (as in the forward).
         wide_end = partial_end
+        narrow_begin = partial_end
         if HAS_NARROW:
-            wide_end = tl.maximum(tl.minimum(partial_end, tl.load(narrow_kv_starts + mask_row)), partial_begin)
+            wide_end, narrow_begin = partial_parts(
+                across_kv_starts, across_kv_windows, narrow_kv_starts, mask_row, partial_begin, partial_end, row_in_tile, BLOCK_M, NARROW
+            )
         if FULL_RUNS:
             run_begin = tl.load(full_kv_run_offsets + mask_row)
             run_end = tl.load(full_kv_run_offsets + mask_row + 1)
@@ -497,7 +506,7 @@ def _attention_backward_dq_kernel(
             k_rows = K_rows + tl.cast(batch, tl.int64) * stride_kb + tl.cast(kv_head, tl.int64) * stride_kh
             v_rows = V_rows + tl.cast(batch, tl.int64) * stride_vb + tl.cast(kv_head, tl.int64) * stride_vh
             offs_w = tl.arange(0, NARROW)
-            for entry in range(wide_end, partial_end):
+            for entry in range(narrow_begin, partial_end):
                 tile_id = tl.load(partial_kv_tiles + entry)
                 window = tl.load(tile_kv_windows + tile_id)
                 allowed = load_tile_mask(
@@ -619,7 +628,7 @@ def attention_backward(
             SPLIT=column_plan is not None,
             USE_TMA=tma_columns,
             WALK=DKDV_WALK,
-            HAS_NARROW=not mask.is_dense and mask.narrow_col_blocks > 0,
+            HAS_NARROW=not mask.is_dense and mask.narrow_col_blocks + mask.across_col_blocks > 0,
             **common,
         )  # fmt: skip
         if column_plan is not None:
@@ -643,7 +652,7 @@ def attention_backward(
             SPLIT=row_plan is not None,
             USE_TMA=tma_rows,
             WALK=DQ_WALK,
-            HAS_NARROW=not mask.is_dense and mask.narrow_row_blocks > 0,
+            HAS_NARROW=not mask.is_dense and mask.narrow_row_blocks + mask.across_row_blocks > 0,
             **common,
         )  # fmt: skip
         if row_plan is not None:

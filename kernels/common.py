@@ -54,8 +54,8 @@ def row_list_arguments(mask, device) -> tuple:
     return (
         mask.full_kv_offsets, mask.full_kv_indices,
         mask.full_kv_run_offsets, mask.full_kv_run_starts, mask.full_kv_run_ends,
-        mask.partial_kv_offsets, mask.partial_kv_indices, mask.partial_kv_tiles,
-        mask.narrow_kv_starts, mask.tile_kv_windows, mask.tiles, mask.q_block_order,
+        mask.partial_kv_offsets, mask.partial_kv_indices, mask.partial_kv_tiles, mask.across_kv_starts,
+        mask.across_kv_windows, mask.narrow_kv_starts, mask.tile_kv_windows, mask.tiles, mask.q_block_order,
     )  # fmt: skip
 
 
@@ -66,14 +66,14 @@ def column_list_arguments(mask, device) -> tuple:
     return (
         mask.full_q_offsets, mask.full_q_indices,
         mask.full_q_run_offsets, mask.full_q_run_starts, mask.full_q_run_ends,
-        mask.partial_q_offsets, mask.partial_q_indices, mask.partial_q_tiles,
-        mask.narrow_q_starts, mask.tile_q_windows, mask.tiles, mask.kv_block_order,
+        mask.partial_q_offsets, mask.partial_q_indices, mask.partial_q_tiles, mask.across_q_starts,
+        mask.across_q_windows, mask.narrow_q_starts, mask.tile_q_windows, mask.tiles, mask.kv_block_order,
     )  # fmt: skip
 
 
 def _placeholders(device) -> tuple:
     index = torch.zeros(1, dtype=torch.int32, device=device)
-    return (index,) * 10 + (torch.zeros(1, dtype=torch.uint8, device=device), index)
+    return (index,) * 12 + (torch.zeros(1, dtype=torch.uint8, device=device), index)
 
 
 def launch_grid(length: int, block: int, mask_block: int, n_batch_heads: int, schedule: Schedule, is_dense: bool, plan=None) -> tuple:
@@ -560,6 +560,26 @@ def store_rows(
     ptrs = row_base + offs_rows[:, None] * stride_row + offs_d[None, :] * stride_d
     in_bounds = ((first_row + offs_rows)[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM)
     tl.store(ptrs, tile, mask=in_bounds)
+
+
+@triton.jit
+def partial_parts(
+    across_starts, across_windows, narrow_starts, line, partial_begin, partial_end, first, BLOCK: tl.constexpr, NARROW: tl.constexpr
+):  # fmt: skip
+    """How a program walks its share ``[partial_begin, partial_end)`` of a line's partial blocks
+    (BlockMask: ordinary ones, those narrow across the line, narrow ones). Returns ``(wide_end,
+    narrow_begin)``: whole kernel tiles over ``[partial_begin, wide_end)``, one NARROW step each
+    over ``[narrow_begin, partial_end)``. The blocks narrow across the line are skipped (left out of
+    the first range) when the program's ``BLOCK`` rows (keys, for dK/dV) from ``first`` within the
+    block miss the line's window."""
+    across_start = tl.load(across_starts + line)
+    narrow_start = tl.load(narrow_starts + line)
+    window = tl.load(across_windows + line)
+    misses = (window + NARROW <= first) | (first + BLOCK <= window)
+    wide_stop = tl.where(misses, across_start, narrow_start)
+    wide_end = tl.maximum(tl.minimum(partial_end, wide_stop), partial_begin)
+    narrow_begin = tl.maximum(tl.minimum(partial_end, narrow_start), partial_begin)
+    return wide_end, narrow_begin
 
 
 @triton.jit

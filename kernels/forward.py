@@ -45,6 +45,7 @@ from .common import (
     launch_grid,
     load_rows,
     load_tile_mask,
+    partial_parts,
     new_output,
     on_device_of,
     row_list_arguments,
@@ -160,7 +161,8 @@ def _partial_block_step(
 def _attention_forward_kernel(
     Q, K, V, K_rows, V_rows, Out, Lse, OutPart, LsePart,
     full_kv_offsets, full_kv_indices, full_kv_run_offsets, full_kv_run_starts, full_kv_run_ends,
-    partial_kv_offsets, partial_kv_indices, partial_kv_tiles, narrow_kv_starts, tile_kv_windows, tiles,
+    partial_kv_offsets, partial_kv_indices, partial_kv_tiles,
+    across_kv_starts, across_kv_windows, narrow_kv_starts, tile_kv_windows, tiles,
     item_lines, item_begins, item_ends, item_slots,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -235,10 +237,13 @@ def _attention_forward_kernel(
             full_kv_offsets, partial_kv_offsets, mask_row, item_begin, item_end
         )
         # Partial blocks [partial_begin, wide_end) are walked in whole kernel tiles, the narrow ones
-        # after them (BlockMask: allowed keys within NARROW) in one NARROW-key step each.
+        # (BlockMask: allowed keys within NARROW) in one NARROW-key step each (common.partial_parts).
         wide_end = partial_end
+        narrow_begin = partial_end
         if HAS_NARROW:
-            wide_end = tl.maximum(tl.minimum(partial_end, tl.load(narrow_kv_starts + mask_row)), partial_begin)
+            wide_end, narrow_begin = partial_parts(
+                across_kv_starts, across_kv_windows, narrow_kv_starts, mask_row, partial_begin, partial_end, row_in_tile, BLOCK_M, NARROW
+            )
 
         if FULL_RUNS:
             # Long runs of consecutive full blocks: inside a run the key offset is affine in the
@@ -321,7 +326,7 @@ def _attention_forward_kernel(
             k_rows = K_rows + tl.cast(batch, tl.int64) * stride_kb + tl.cast(kv_head, tl.int64) * stride_kh
             v_rows = V_rows + tl.cast(batch, tl.int64) * stride_vb + tl.cast(kv_head, tl.int64) * stride_vh
             offs_w = tl.arange(0, NARROW)
-            for entry in range(wide_end, partial_end):
+            for entry in range(narrow_begin, partial_end):
                 tile_id = tl.load(partial_kv_tiles + entry)
                 acc, m_i, l_i = _partial_block_step(
                     acc, m_i, l_i, q, k_rows, v_rows, batch, kv_head,
@@ -417,7 +422,7 @@ def attention_forward(
             USE_TMA=use_tma,
             WALK=FORWARD_WALK,
             HAS_PARTIAL=mask.is_dense or mask.n_partial > 0,
-            HAS_NARROW=not mask.is_dense and mask.narrow_row_blocks > 0,
+            HAS_NARROW=not mask.is_dense and mask.narrow_row_blocks + mask.across_row_blocks > 0,
             NARROW=NARROW_WINDOW,
             DOT_PRECISION=dot_precision(q.dtype, allow_tf32),
             num_warps=config.num_warps,

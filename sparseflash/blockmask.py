@@ -35,7 +35,8 @@ _TENSOR_NAMES = (
     "full_q_offsets", "full_q_indices", "partial_q_offsets", "partial_q_indices", "partial_q_tiles",
     "q_block_order", "kv_block_order", "full_kv_run_offsets", "full_kv_run_starts", "full_kv_run_ends",
     "full_q_run_offsets", "full_q_run_starts", "full_q_run_ends",
-    "narrow_kv_starts", "narrow_q_starts", "tile_kv_windows", "tile_q_windows", "tiles",
+    "narrow_kv_starts", "narrow_q_starts", "tile_kv_windows", "tile_q_windows",
+    "across_kv_starts", "across_q_starts", "across_kv_windows", "across_q_windows", "tiles",
 )  # fmt: skip
 
 # A partial block whose allowed keys (queries) all lie in this many consecutive ones is walked in
@@ -87,9 +88,14 @@ class BlockMask:
     allowed keys all lie in ``NARROW_WINDOW`` consecutive keys, the first of them (within the
     block; the window never crosses the block's end), and -1 for other tiles; ``tile_q_windows``
     the same for queries. Row ``m``'s partial blocks whose tile has a key window come last in its
-    list, from index ``narrow_kv_starts[m]`` (each part ascending); the forward and dQ kernels walk
-    them one NARROW_WINDOW-key step each. Columns likewise with query windows, ``narrow_q_starts``,
-    for dK/dV. ``narrow_row_blocks`` / ``narrow_col_blocks`` count such entries.
+    list, from index ``narrow_kv_starts[m]``; the forward and dQ kernels walk them one
+    NARROW_WINDOW-key step each. Before them, from ``across_kv_starts[m]``, come the row's blocks
+    that are narrow the other way, all with the row's query window ``across_kv_windows[m]`` (-1:
+    none), as the global row's blocks under ``global(g)``: a kernel tile of fewer rows than the
+    block skips them when its rows miss that window. Each part is ascending. Columns likewise, with
+    the roles of keys and queries swapped (``narrow_q_starts``, ``across_q_starts``,
+    ``across_q_windows``), for dK/dV. ``narrow_row_blocks`` / ``narrow_col_blocks`` and
+    ``across_row_blocks`` / ``across_col_blocks`` count the entries.
 
     The full blocks again as runs of consecutive blocks, which is how the kernels walk them (a
     run's key offsets are affine in the loop counter, so K and V can be prefetched): row ``m``'s runs
@@ -131,6 +137,10 @@ class BlockMask:
     narrow_q_starts = _MaskTensor()
     tile_kv_windows = _MaskTensor()
     tile_q_windows = _MaskTensor()
+    across_kv_starts = _MaskTensor()
+    across_q_starts = _MaskTensor()
+    across_kv_windows = _MaskTensor()
+    across_q_windows = _MaskTensor()
     tiles = _MaskTensor()
 
     def __init__(
@@ -150,6 +160,8 @@ class BlockMask:
         is_dense: bool = False,
         narrow_row_blocks: int = 0,
         narrow_col_blocks: int = 0,
+        across_row_blocks: int = 0,
+        across_col_blocks: int = 0,
     ):
         if (tensors is None) == (build_tensors is None):
             raise ValueError("BlockMask needs its tensors or a function that builds them, not both")
@@ -158,7 +170,8 @@ class BlockMask:
             ("block_n", block_n), ("allowed_pairs", allowed_pairs), ("max_blocks_per_row", max_blocks_per_row),
             ("max_blocks_per_col", max_blocks_per_col), ("device", torch.device(device)),
             ("is_dense", is_dense), ("narrow_row_blocks", narrow_row_blocks),
-            ("narrow_col_blocks", narrow_col_blocks), ("_tensors", tensors), ("_build_tensors", build_tensors), ("_copies", {}),
+            ("narrow_col_blocks", narrow_col_blocks), ("across_row_blocks", across_row_blocks),
+            ("across_col_blocks", across_col_blocks), ("_tensors", tensors), ("_build_tensors", build_tensors), ("_copies", {}),
         ):  # fmt: skip
             object.__setattr__(self, name, value)
 
@@ -280,7 +293,8 @@ class BlockMask:
             pattern=self.pattern, q_len=self.q_len, kv_len=self.kv_len, block_m=self.block_m,
             block_n=self.block_n, allowed_pairs=self.allowed_pairs, max_blocks_per_row=self.max_blocks_per_row,
             max_blocks_per_col=self.max_blocks_per_col, device=device, is_dense=self.is_dense,
-            narrow_row_blocks=self.narrow_row_blocks, narrow_col_blocks=self.narrow_col_blocks, **moved,
+            narrow_row_blocks=self.narrow_row_blocks, narrow_col_blocks=self.narrow_col_blocks,
+            across_row_blocks=self.across_row_blocks, across_col_blocks=self.across_col_blocks, **moved,
         )  # fmt: skip
 
     def __str__(self) -> str:
@@ -424,6 +438,22 @@ def _narrow_windows(allowed_lines: np.ndarray, block: int) -> np.ndarray:
     return windows
 
 
+def _across_blocks(major: np.ndarray, windows: np.ndarray, eligible: np.ndarray, n_major: int):
+    """Blocks narrow across their line: for each line (``major``), its most common window among
+    the ``eligible`` blocks that have one (``windows`` >= 0), and which blocks have that window.
+    Returns (bool per block, int32 window per line, -1 where none)."""
+    line_windows = np.full(n_major, -1, dtype=np.int32)
+    candidates = eligible & (windows >= 0)
+    if not candidates.any():
+        return candidates, line_windows
+    pairs, counts = np.unique(major[candidates].astype(np.int64) * (windows.max() + 1) + windows[candidates], return_counts=True)
+    lines, line_window = pairs // (windows.max() + 1), pairs % (windows.max() + 1)
+    most = np.lexsort((-counts, lines))  # per line, its most common window first
+    first = np.concatenate([[True], lines[most][1:] != lines[most][:-1]])
+    line_windows[lines[most][first]] = line_window[most][first]
+    return candidates & (windows == line_windows[major]), line_windows
+
+
 def _runs(major: np.ndarray, minor: np.ndarray, n_major: int):
     """Maximal runs of consecutive ``minor`` indices within each ``major`` line (input sorted by
     (major, minor)): CSR offsets over the lines, and each run's first and one-past-last index."""
@@ -489,7 +519,7 @@ def _build_tensors(pattern: Pattern, geometry: TileGeometry, device: torch.devic
     rows, cols, classes = _classify(pattern, geometry)
     rows, cols, classes, tile_of_block, tiles = _refine_partial(pattern, geometry, rows, cols, classes)
     arrays = {}
-    summary_counts = {"kv": 0, "q": 0}
+    summary_counts = {"kv": 0, "q": 0, "across_kv": 0, "across_q": 0}
     for kind, name in ((FULL, "full"), (PARTIAL, "partial")):
         selected = classes == kind
         block_rows, block_cols, block_tiles = rows[selected], cols[selected], tile_of_block[selected]
@@ -505,19 +535,23 @@ def _build_tensors(pattern: Pattern, geometry: TileGeometry, device: torch.devic
         if kind == PARTIAL:
             arrays["tile_kv_windows"] = _narrow_windows(tiles.any(axis=1), geometry.block_n)
             arrays["tile_q_windows"] = _narrow_windows(tiles.any(axis=2), geometry.block_m)
-            for side, major, minor, offsets, order, n_major in (
-                ("kv", block_rows, block_cols, row_offsets, by_row, geometry.n_q_blocks),
-                ("q", block_cols, block_rows, col_offsets, by_col, geometry.n_kv_blocks),
+            for side, other, major, minor, offsets, order, n_major in (
+                ("kv", "q", block_rows, block_cols, row_offsets, by_row, geometry.n_q_blocks),
+                ("q", "kv", block_cols, block_rows, col_offsets, by_col, geometry.n_kv_blocks),
             ):  # fmt: skip
                 narrow = arrays[f"tile_{side}_windows"][block_tiles] >= 0
-                if narrow.any():
-                    # Narrow blocks last in their line (the kernels walk them in a loop of their own).
-                    order = np.lexsort((minor, narrow, major))
+                across, line_windows = _across_blocks(major, arrays[f"tile_{other}_windows"][block_tiles], ~narrow, n_major)
+                # Each line: ordinary blocks, then the ones narrow across it, then narrow ones.
+                part = np.where(narrow, 2, np.where(across, 1, 0))
+                if part.any():
+                    order = np.lexsort((minor, part, major))
                     arrays[f"partial_{side}_indices"] = minor[order]
-                n_wide = np.bincount(major[~narrow], minlength=n_major)
-                arrays[f"narrow_{side}_starts"] = offsets[:-1] + n_wide
+                arrays[f"across_{side}_starts"] = offsets[:-1] + np.bincount(major[part == 0], minlength=n_major)
+                arrays[f"narrow_{side}_starts"] = arrays[f"across_{side}_starts"] + np.bincount(major[part == 1], minlength=n_major)
+                arrays[f"across_{side}_windows"] = line_windows
                 arrays[f"partial_{side}_tiles"] = block_tiles[order]
                 summary_counts[side] = int(narrow.sum())
+                summary_counts[f"across_{side}"] = int(across.sum())
     longest = {}
     for name, offsets in (("q_block_order", "kv_offsets"), ("kv_block_order", "q_offsets")):
         work = np.diff(arrays[f"full_{offsets}"]) + np.diff(arrays[f"partial_{offsets}"])
@@ -534,6 +568,8 @@ def _build_tensors(pattern: Pattern, geometry: TileGeometry, device: torch.devic
         max_blocks_per_col=longest["kv_block_order"],
         narrow_row_blocks=summary_counts["kv"],
         narrow_col_blocks=summary_counts["q"],
+        across_row_blocks=summary_counts["across_kv"],
+        across_col_blocks=summary_counts["across_q"],
     )
     return tensors, summary
 

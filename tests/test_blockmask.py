@@ -92,7 +92,7 @@ def test_narrow_windows_hold_every_allowed_pair_and_come_last(mask):
 
     tiles = mask.tiles.bool()
     if "sink" not in str(mask.pattern):  # the global row and the dense case's rows 64-78
-        assert mask.narrow_col_blocks > 0
+        assert mask.narrow_col_blocks > 0 and mask.across_row_blocks > 0
     for side, axis, block, windows in (("kv", 1, mask.block_n, mask.tile_kv_windows), ("q", 2, mask.block_m, mask.tile_q_windows)):
         lines = tiles.any(axis)  # (n_tiles, block): keys (queries) each tile allows
         positions = torch.arange(block)
@@ -105,17 +105,23 @@ def test_narrow_windows_hold_every_allowed_pair_and_come_last(mask):
                 assert 0 <= window <= block - NARROW_WINDOW
                 assert window <= allowed.min() and allowed.max() < window + NARROW_WINDOW
         offsets, indices, tile_ids = (getattr(mask, f"partial_{side}_{name}") for name in ("offsets", "indices", "tiles"))
-        starts = getattr(mask, f"narrow_{side}_starts")
-        n_narrow = 0
+        across_windows = mask.tile_q_windows if side == "kv" else mask.tile_kv_windows
+        across_starts, narrow_starts = getattr(mask, f"across_{side}_starts"), getattr(mask, f"narrow_{side}_starts")
+        line_windows = getattr(mask, f"across_{side}_windows")
+        n_across = n_narrow = 0
         for line in range(offsets.numel() - 1):
-            begin, middle, end = int(offsets[line]), int(starts[line]), int(offsets[line + 1])
-            assert begin <= middle <= end
-            assert all(windows[tile_ids[begin:middle]] < 0) and all(windows[tile_ids[middle:end]] >= 0)
-            for part in (indices[begin:middle], indices[middle:end]):
+            begin, across, narrow, end = (int(x) for x in (offsets[line], across_starts[line], narrow_starts[line], offsets[line + 1]))
+            assert begin <= across <= narrow <= end
+            # ordinary blocks, then those narrow across the line (all in the line's window), then narrow ones
+            assert all(windows[tile_ids[begin:narrow]] < 0) and all(windows[tile_ids[narrow:end]] >= 0)
+            assert all(across_windows[tile_ids[across:narrow]] == line_windows[line])
+            assert (line_windows[line] >= 0) == (narrow > across)
+            for part in (indices[begin:across], indices[across:narrow], indices[narrow:end]):
                 assert torch.all(torch.diff(part) > 0)
-            n_narrow += end - middle
+            n_across, n_narrow = n_across + narrow - across, n_narrow + end - narrow
         assert n_narrow == (mask.narrow_row_blocks if side == "kv" else mask.narrow_col_blocks)
-    assert mask.narrow_row_blocks > 0  # each case has a narrow column
+        assert n_across == (mask.across_row_blocks if side == "kv" else mask.across_col_blocks)
+    assert mask.narrow_row_blocks > 0 and mask.across_col_blocks > 0  # each case has a narrow column
 
 
 def test_narrow_lists_keep_the_exact_mask():
