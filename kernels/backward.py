@@ -74,6 +74,16 @@ _LOG2E_JIT = tl.constexpr(LOG2E)
 DKDV_WALK = WALK_REVERSE.value
 DQ_WALK = WALK_FORWARD.value
 
+# Whether kernel tiles smaller than the mask block skip the blocks narrow across their line when
+# they miss its window (common.partial_parts). Same-run A/B on the H200, local(256)+global(4),
+# kernel times, walked -> skipped (benchmarks/experiments/across_skip.py, results/across_skip.json):
+# dK/dV (64-key tiles, the global column) 1.111 -> 1.024 ms at 32k with 16 heads, 0.283 -> 0.261
+# at 8k, 0.294 -> 0.268 at 32k with 4 heads; dQ (64-query tiles, the global row) 0.756 -> 0.870 at
+# 32k with 16 heads and 0.191 -> 0.199 at 8k, faster only at 4 heads (0.204 -> 0.192, the row
+# split). Why dQ loses was not found.
+DKDV_SKIP_ACROSS = True
+DQ_SKIP_ACROSS = False
+
 
 @triton.jit
 def _preprocess_kernel(
@@ -190,6 +200,7 @@ def _attention_backward_dkdv_kernel(
     WALK: tl.constexpr,
     HAS_NARROW: tl.constexpr,
     NARROW: tl.constexpr,
+    SKIP_ACROSS: tl.constexpr,
 ):  # fmt: skip
     start_n, batch_head, item_begin, item_end, slot = program_item(
         item_lines, item_begins, item_ends, item_slots, BLOCK_N, MASK_BLOCK_N, HEAVY_FIRST, HEADS_FASTEST, SPLIT
@@ -222,7 +233,7 @@ def _attention_backward_dkdv_kernel(
         narrow_begin = partial_end
         if HAS_NARROW:
             wide_end, narrow_begin = partial_parts(
-                across_q_starts, across_q_windows, narrow_q_starts, mask_col, partial_begin, partial_end, col_in_tile, BLOCK_N, NARROW
+                across_q_starts, across_q_windows, narrow_q_starts, mask_col, partial_begin, partial_end, col_in_tile, BLOCK_N, NARROW, SKIP_ACROSS
             )
 
     for member in range(0, GROUP_SIZE):
@@ -405,6 +416,7 @@ def _attention_backward_dq_kernel(
     WALK: tl.constexpr,
     HAS_NARROW: tl.constexpr,
     NARROW: tl.constexpr,
+    SKIP_ACROSS: tl.constexpr,
 ):  # fmt: skip
     start_m, batch_head, item_begin, item_end, slot = program_item(
         item_lines, item_begins, item_ends, item_slots, BLOCK_M, MASK_BLOCK_M, HEAVY_FIRST, HEADS_FASTEST, SPLIT
@@ -458,7 +470,7 @@ def _attention_backward_dq_kernel(
         narrow_begin = partial_end
         if HAS_NARROW:
             wide_end, narrow_begin = partial_parts(
-                across_kv_starts, across_kv_windows, narrow_kv_starts, mask_row, partial_begin, partial_end, row_in_tile, BLOCK_M, NARROW
+                across_kv_starts, across_kv_windows, narrow_kv_starts, mask_row, partial_begin, partial_end, row_in_tile, BLOCK_M, NARROW, SKIP_ACROSS
             )
         if FULL_RUNS:
             run_begin = tl.load(full_kv_run_offsets + mask_row)
@@ -628,6 +640,7 @@ def attention_backward(
             SPLIT=column_plan is not None,
             USE_TMA=tma_columns,
             WALK=DKDV_WALK,
+            SKIP_ACROSS=DKDV_SKIP_ACROSS,
             HAS_NARROW=not mask.is_dense and mask.narrow_col_blocks + mask.across_col_blocks > 0,
             **common,
         )  # fmt: skip
@@ -652,6 +665,7 @@ def attention_backward(
             SPLIT=row_plan is not None,
             USE_TMA=tma_rows,
             WALK=DQ_WALK,
+            SKIP_ACROSS=DQ_SKIP_ACROSS,
             HAS_NARROW=not mask.is_dense and mask.narrow_row_blocks + mask.across_row_blocks > 0,
             **common,
         )  # fmt: skip

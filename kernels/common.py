@@ -564,19 +564,21 @@ def store_rows(
 
 @triton.jit
 def partial_parts(
-    across_starts, across_windows, narrow_starts, line, partial_begin, partial_end, first, BLOCK: tl.constexpr, NARROW: tl.constexpr
+    across_starts, across_windows, narrow_starts, line, partial_begin, partial_end, first,
+    BLOCK: tl.constexpr, NARROW: tl.constexpr, SKIP_ACROSS: tl.constexpr,
 ):  # fmt: skip
     """How a program walks its share ``[partial_begin, partial_end)`` of a line's partial blocks
     (BlockMask: ordinary ones, those narrow across the line, narrow ones). Returns ``(wide_end,
     narrow_begin)``: whole kernel tiles over ``[partial_begin, wide_end)``, one NARROW step each
-    over ``[narrow_begin, partial_end)``. The blocks narrow across the line are skipped (left out of
-    the first range) when the program's ``BLOCK`` rows (keys, for dK/dV) from ``first`` within the
-    block miss the line's window."""
-    across_start = tl.load(across_starts + line)
+    over ``[narrow_begin, partial_end)``. With SKIP_ACROSS, the blocks narrow across the line are
+    left out of the first range when the program's ``BLOCK`` rows (keys, for dK/dV) from ``first``
+    within the block miss the line's window."""
     narrow_start = tl.load(narrow_starts + line)
-    window = tl.load(across_windows + line)
-    misses = (window + NARROW <= first) | (first + BLOCK <= window)
-    wide_stop = tl.where(misses, across_start, narrow_start)
+    wide_stop = narrow_start
+    if SKIP_ACROSS:
+        window = tl.load(across_windows + line)
+        misses = (window + NARROW <= first) | (first + BLOCK <= window)
+        wide_stop = tl.where(misses, tl.load(across_starts + line), narrow_start)
     wide_end = tl.maximum(tl.minimum(partial_end, wide_stop), partial_begin)
     narrow_begin = tl.maximum(tl.minimum(partial_end, narrow_start), partial_begin)
     return wide_end, narrow_begin

@@ -70,6 +70,11 @@ from .split import item_arguments, item_block_ranges, merge_softmax, new_scratch
 # 15.04 -> 14.86 ms, every block listed 32k 16.70 -> 16.46, causal 8k 1.122 -> 1.112, dense 8k level.
 FORWARD_WALK = WALK_REVERSE.value
 
+# Whether query tiles smaller than the mask block skip the blocks narrow across their row when they
+# miss its window (common.partial_parts). Off, as in dQ (backward.py); the default forward tiles
+# span the whole block, where it changes nothing.
+FORWARD_SKIP_ACROSS = False
+
 # How a step masks its scores.
 _NO_MASK = tl.constexpr(0)  # full block (or a whole dense tile): nothing to mask
 _TILE_MASK = tl.constexpr(1)  # partial block: the uint8 tile (0 also on padding)
@@ -188,6 +193,7 @@ def _attention_forward_kernel(
     HAS_PARTIAL: tl.constexpr,
     HAS_NARROW: tl.constexpr,
     NARROW: tl.constexpr,
+    SKIP_ACROSS: tl.constexpr,
 ):  # fmt: skip
     start_m, batch_head, item_begin, item_end, slot = program_item(
         item_lines, item_begins, item_ends, item_slots, BLOCK_M, MASK_BLOCK_M, HEAVY_FIRST, HEADS_FASTEST, SPLIT
@@ -242,7 +248,7 @@ def _attention_forward_kernel(
         narrow_begin = partial_end
         if HAS_NARROW:
             wide_end, narrow_begin = partial_parts(
-                across_kv_starts, across_kv_windows, narrow_kv_starts, mask_row, partial_begin, partial_end, row_in_tile, BLOCK_M, NARROW
+                across_kv_starts, across_kv_windows, narrow_kv_starts, mask_row, partial_begin, partial_end, row_in_tile, BLOCK_M, NARROW, SKIP_ACROSS
             )
 
         if FULL_RUNS:
@@ -424,6 +430,7 @@ def attention_forward(
             HAS_PARTIAL=mask.is_dense or mask.n_partial > 0,
             HAS_NARROW=not mask.is_dense and mask.narrow_row_blocks + mask.across_row_blocks > 0,
             NARROW=NARROW_WINDOW,
+            SKIP_ACROSS=FORWARD_SKIP_ACROSS,
             DOT_PRECISION=dot_precision(q.dtype, allow_tf32),
             num_warps=config.num_warps,
             num_stages=config.num_stages,

@@ -95,11 +95,15 @@ def narrow_block_masks():
 
 # Narrow partial blocks in all three kernels: with kernel tiles as large as the mask blocks and
 # smaller, in whole lines and in split ones (their narrow blocks then fall into some items only),
-# with GQA folding two query heads into each dK/dV program.
+# with GQA folding two query heads into each dK/dV program; kernel tiles that miss the window of
+# their line's blocks narrow across it skipping them, or walking them (the *_SKIP_ACROSS switches).
+@pytest.mark.parametrize("skip_across", [True, False], ids=["skip", "walk"])
 @pytest.mark.parametrize("tile, split_blocks", [(64, 0), (16, 0), (32, 2)])
 @pytest.mark.parametrize("case", list(narrow_block_masks()), ids=["global", "from-dense"])
-def test_narrow_blocks_match_the_oracle(case, tile, split_blocks, monkeypatch):
+def test_narrow_blocks_match_the_oracle(case, tile, split_blocks, skip_across, monkeypatch):
     monkeypatch.setattr(kernels, "POISON_OUTPUTS", True)
+    for module, name in ((forward_kernel, "FORWARD_SKIP_ACROSS"), (backward_kernels, "DKDV_SKIP_ACROSS"), (backward_kernels, "DQ_SKIP_ACROSS")):
+        monkeypatch.setattr(module, name, skip_across)
     mask, allowed = case
     assert mask.narrow_row_blocks > 0 and mask.narrow_col_blocks > 0
     gen = torch.Generator().manual_seed(tile + split_blocks)
