@@ -25,6 +25,7 @@ import torch
 import triton
 
 import sparseflash
+import line_costs
 from results_file import save_results
 import sparseflash.kernels.backward as backward
 from sparseflash.kernels.backward import attention_backward
@@ -49,19 +50,9 @@ def masks(n: int) -> dict:
 
 
 def kernel_times(run, calls: int = 20) -> dict:
-    """Mean GPU milliseconds per call of each backward kernel."""
-    run()
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(calls):
-            run()
-        torch.cuda.synchronize()
-    times = dict.fromkeys(KERNELS.values(), 0.0)
-    for event in prof.events():
-        for kernel, short in KERNELS.items():
-            if event.name.startswith(kernel):
-                times[short] += event.device_time / 1e3 / calls
-    return times
+    """Mean GPU milliseconds per call of each backward kernel (0 for one that did not run)."""
+    times = line_costs.kernel_times(run, calls)
+    return {short: times.get(short, 0.0) for short in KERNELS.values()}
 
 
 def main() -> None:

@@ -329,8 +329,8 @@ def _attention_forward_kernel(
                 )  # fmt: skip
         if HAS_NARROW:
             # Pointer loads: the descriptors' boxes are BLOCK_N rows tall.
-            k_rows = K_rows + tl.cast(batch, tl.int64) * stride_kb + tl.cast(kv_head, tl.int64) * stride_kh
-            v_rows = V_rows + tl.cast(batch, tl.int64) * stride_vb + tl.cast(kv_head, tl.int64) * stride_vh
+            k_rows = tile_source(K_rows, batch, kv_head, stride_kb, stride_kh, stride_kn, kv_len, NARROW, HEAD_DIM, TMA_OFF)
+            v_rows = tile_source(V_rows, batch, kv_head, stride_vb, stride_vh, stride_vn, kv_len, NARROW, HEAD_DIM, TMA_OFF)
             offs_w = tl.arange(0, NARROW)
             for entry in range(narrow_begin, partial_end):
                 tile_id = tl.load(partial_kv_tiles + entry)
