@@ -42,9 +42,6 @@ from .common import (
     load_rows,
     load_tile_mask,
     partial_parts,
-    list_entry,
-    spread_window_rows,
-    ACROSS_STEPS,
     new_output,
     on_device_of,
     row_list_arguments,
@@ -77,16 +74,15 @@ _LOG2E_JIT = tl.constexpr(LOG2E)
 DKDV_WALK = WALK_REVERSE.value
 DQ_WALK = WALK_FORWARD.value
 
-# How each kernel's tiles walk the blocks narrow across their line (common.ACROSS_*): dK/dV the
-# global column's blocks under global(g) (4 keys of 128), dQ the global row's (4 queries). The tile
-# overlapping the line's window walks them with the window's NARROW keys (queries) alone.
-# Before, same-run A/B on the H200, local(256)+global(4), kernel times, walked -> skipped by tiles
-# missing the window (benchmarks/experiments/across_skip.py, results/across_skip.json): dK/dV
-# (64-key tiles) 1.111 -> 1.024 ms at 32k with 16 heads; dQ (64-query tiles) 0.756 -> 0.870.
-DKDV_ACROSS = ACROSS_STEPS.value
-DQ_ACROSS = ACROSS_STEPS.value
-# Window steps read their block list this many entries at a time (common.list_entry); 0: per step.
-ACROSS_SLOTS = 16
+# Whether kernel tiles smaller than the mask block skip the blocks narrow across their line when
+# they miss its window (common.partial_parts). Same-run A/B on the H200, local(256)+global(4),
+# kernel times, walked -> skipped (benchmarks/experiments/across_skip.py, results/across_skip.json):
+# dK/dV (64-key tiles, the global column) 1.111 -> 1.024 ms at 32k with 16 heads, 0.283 -> 0.261
+# at 8k, 0.294 -> 0.268 at 32k with 4 heads; dQ (64-query tiles, the global row) 0.756 -> 0.870 at
+# 32k with 16 heads and 0.191 -> 0.199 at 8k, faster only at 4 heads (0.204 -> 0.192, the row
+# split). Why dQ loses was not found.
+DKDV_SKIP_ACROSS = True
+DQ_SKIP_ACROSS = False
 
 
 @triton.jit
@@ -174,79 +170,6 @@ def _dkdv_step(
 
 
 @triton.jit
-def _window_dkdv_step(
-    dk, dv, k, v, q_base, do_base, batch, q_head, lse_base, delta_base, q_block, tile_id, row_in_tile, window,
-    tiles, offs_m, offs_w, offs_d, stride_qm, stride_qd, stride_dom, stride_dod, q_len, qk_scale,
-    MASK_BLOCK_M: tl.constexpr, MASK_BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PADDED: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr,
-):  # fmt: skip
-    """One BLOCK_M-query step of partial block ``q_block`` for the NARROW keys from ``window``."""
-    allowed_t = load_tile_mask(
-        tiles, tile_id, row_in_tile, window, offs_m[None, :], offs_w[:, None], MASK_BLOCK_M, MASK_BLOCK_N
-    )  # [NARROW, BLOCK_M]
-    return _dkdv_step(
-        dk, dv, k, v, q_base, do_base, batch, q_head, lse_base, delta_base, q_block * MASK_BLOCK_M + row_in_tile,
-        offs_m, offs_d, stride_qm, stride_qd, stride_dom, stride_dod, q_len, qk_scale, allowed_t,
-        _TILE_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_M,
-    )  # fmt: skip
-
-
-@triton.jit
-def _across_window_dkdv(
-    Q, DOut, k_base, v_base, Lse, Delta, batch, kv_head, start_n, window, entry_begin, entry_end,
-    partial_q_indices, partial_q_tiles, tiles, offs_d,
-    stride_qb, stride_qh, stride_qm, stride_qd, stride_dob, stride_doh, stride_dom, stride_dod,
-    stride_kn, stride_kd, stride_vn, stride_vd, n_kv_heads, q_len, kv_len, qk_scale,
-    GROUP_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK_BLOCK_M: tl.constexpr,
-    MASK_BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PADDED: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr, NARROW: tl.constexpr, LIST_SLOTS: tl.constexpr,
-):  # fmt: skip
-    """(dK, dV) [BLOCK_N, D] of the key tile at ``start_n`` from the partial blocks
-    ``entry_begin:entry_end`` of its column, all narrow across the column: their allowed keys lie
-    in the NARROW keys from ``window`` within the block. Only those keys are computed (the global
-    column of global(4) has 4 keys of 128), then spread onto the tile's rows, 0 elsewhere; window
-    keys outside the tile are computed too and dropped. dK unscaled, like the kernel's."""
-    first_key = (start_n // MASK_BLOCK_N) * MASK_BLOCK_N + window
-    offs_w = tl.arange(0, NARROW)
-    offs_m = tl.arange(0, BLOCK_M)
-    k = load_rows(k_base, first_key, offs_w, offs_d, stride_kn, stride_kd, kv_len, True, HEAD_DIM, HEAD_DIM_PADDED)  # [NARROW, D]
-    v = load_rows(v_base, first_key, offs_w, offs_d, stride_vn, stride_vd, kv_len, True, HEAD_DIM, HEAD_DIM_PADDED)
-    dk = tl.zeros([NARROW, HEAD_DIM_PADDED], dtype=tl.float32)
-    dv = tl.zeros([NARROW, HEAD_DIM_PADDED], dtype=tl.float32)
-    M_STEPS = MASK_BLOCK_M // BLOCK_M
-    for member in range(0, GROUP_SIZE):
-        q_head = kv_head * GROUP_SIZE + member
-        q_base = tile_source(Q, batch, q_head, stride_qb, stride_qh, stride_qm, q_len, BLOCK_M, HEAD_DIM, USE_TMA)
-        do_base = tile_source(DOut, batch, q_head, stride_dob, stride_doh, stride_dom, q_len, BLOCK_M, HEAD_DIM, USE_TMA)
-        row_base = (tl.cast(batch, tl.int64) * n_kv_heads * GROUP_SIZE + q_head) * q_len
-        if LIST_SLOTS > 0:
-            slots = tl.arange(0, LIST_SLOTS)
-            for chunk in range(entry_begin, entry_end, LIST_SLOTS):
-                in_chunk = chunk + slots < entry_end
-                chunk_blocks = tl.load(partial_q_indices + chunk + slots, mask=in_chunk, other=0)
-                chunk_tiles = tl.load(partial_q_tiles + chunk + slots, mask=in_chunk, other=0)
-                for step in range(0, tl.minimum(entry_end - chunk, LIST_SLOTS) * M_STEPS):
-                    dk, dv = _window_dkdv_step(
-                        dk, dv, k, v, q_base, do_base, batch, q_head, Lse + row_base, Delta + row_base,
-                        list_entry(chunk_blocks, slots, step // M_STEPS), list_entry(chunk_tiles, slots, step // M_STEPS),
-                        (step % M_STEPS) * BLOCK_M, window, tiles, offs_m, offs_w, offs_d,
-                        stride_qm, stride_qd, stride_dom, stride_dod, q_len, qk_scale,
-                        MASK_BLOCK_M, MASK_BLOCK_N, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_M,
-                    )  # fmt: skip
-        else:
-            for step in range(entry_begin * M_STEPS, entry_end * M_STEPS):
-                dk, dv = _window_dkdv_step(
-                    dk, dv, k, v, q_base, do_base, batch, q_head, Lse + row_base, Delta + row_base,
-                    tl.load(partial_q_indices + step // M_STEPS), tl.load(partial_q_tiles + step // M_STEPS),
-                    (step % M_STEPS) * BLOCK_M, window, tiles, offs_m, offs_w, offs_d,
-                    stride_qm, stride_qd, stride_dom, stride_dod, q_len, qk_scale,
-                    MASK_BLOCK_M, MASK_BLOCK_N, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_M,
-                )  # fmt: skip
-    offset = first_key - start_n  # the tile row of window key 0
-    return spread_window_rows(dk, offset, BLOCK_N, NARROW), spread_window_rows(dv, offset, BLOCK_N, NARROW)
-
-
-@triton.jit
 def _attention_backward_dkdv_kernel(
     Q, K, V, DOut, Q_rows, DOut_rows, Lse, Delta, DK, DV, DKPart, DVPart,
     full_q_offsets, full_q_indices, full_q_run_offsets, full_q_run_starts, full_q_run_ends,
@@ -277,8 +200,7 @@ def _attention_backward_dkdv_kernel(
     WALK: tl.constexpr,
     HAS_NARROW: tl.constexpr,
     NARROW: tl.constexpr,
-    ACROSS: tl.constexpr,
-    ACROSS_LIST_SLOTS: tl.constexpr,
+    SKIP_ACROSS: tl.constexpr,
 ):  # fmt: skip
     start_n, batch_head, item_begin, item_end, slot = program_item(
         item_lines, item_begins, item_ends, item_slots, BLOCK_N, MASK_BLOCK_N, HEAVY_FIRST, HEADS_FASTEST, SPLIT
@@ -310,20 +232,9 @@ def _attention_backward_dkdv_kernel(
         wide_end = partial_end
         narrow_begin = partial_end
         if HAS_NARROW:
-            wide_end, across_end, narrow_begin, window = partial_parts(
-                across_q_starts, across_q_windows, narrow_q_starts, mask_col, partial_begin, partial_end, col_in_tile, BLOCK_N, NARROW, ACROSS
+            wide_end, narrow_begin = partial_parts(
+                across_q_starts, across_q_windows, narrow_q_starts, mask_col, partial_begin, partial_end, col_in_tile, BLOCK_N, NARROW, SKIP_ACROSS
             )
-            if ACROSS == ACROSS_STEPS:
-                # The blocks narrow across the column first, for every query head of the group:
-                # their sums start dK and dV.
-                if across_end > wide_end:
-                    dk, dv = _across_window_dkdv(
-                        Q, DOut, k_base, v_base, Lse, Delta, batch, kv_head, start_n, window, wide_end, across_end,
-                        partial_q_indices, partial_q_tiles, tiles, offs_d,
-                        stride_qb, stride_qh, stride_qm, stride_qd, stride_dob, stride_doh, stride_dom, stride_dod,
-                        stride_kn, stride_kd, stride_vn, stride_vd, n_kv_heads, q_len, kv_len, qk_scale,
-                        GROUP_SIZE, BLOCK_M, BLOCK_N, MASK_BLOCK_M, MASK_BLOCK_N, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, NARROW, ACROSS_LIST_SLOTS,
-                    )  # fmt: skip
 
     for member in range(0, GROUP_SIZE):
         q_head = kv_head * GROUP_SIZE + member
@@ -476,82 +387,6 @@ def _dq_step(
 
 
 @triton.jit
-def _row_stats(Lse, Delta, batch_head, first_row, offs_m, q_len):
-    """(lse2, delta) of rows ``first_row + offs_m``: lse in base 2, +inf for a row with no key or
-    past q_len (see [Note]: its p is then 0 everywhere), and delta (0 past q_len)."""
-    in_bounds = (first_row + offs_m) < q_len
-    row_offsets = tl.cast(batch_head, tl.int64) * q_len + first_row + offs_m
-    lse = tl.load(Lse + row_offsets, mask=in_bounds, other=float("inf"))
-    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * _LOG2E_JIT)
-    return lse2, tl.load(Delta + row_offsets, mask=in_bounds, other=0.0)
-
-
-@triton.jit
-def _window_dq_step(
-    dq, q, do, lse2, delta, k_base, v_base, batch, kv_head, kv_block, tile_id, col_in_tile, window,
-    tiles, offs_w, offs_n, offs_d, stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale,
-    MASK_BLOCK_M: tl.constexpr, MASK_BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PADDED: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_N: tl.constexpr,
-):  # fmt: skip
-    """One BLOCK_N-key step of partial block ``kv_block`` for the NARROW queries from ``window``."""
-    allowed = load_tile_mask(
-        tiles, tile_id, window, col_in_tile, offs_w[:, None], offs_n[None, :], MASK_BLOCK_M, MASK_BLOCK_N
-    )  # [NARROW, BLOCK_N]
-    return _dq_step(
-        dq, q, do, lse2, delta, k_base, v_base, batch, kv_head, kv_block * MASK_BLOCK_N + col_in_tile,
-        offs_n, offs_d, stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, allowed,
-        _TILE_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N,
-    )  # fmt: skip
-
-
-@triton.jit
-def _across_window_dq(
-    q_base, do_base, k_base, v_base, Lse, Delta, batch, batch_head, kv_head, start_m, window, entry_begin, entry_end,
-    partial_kv_indices, partial_kv_tiles, tiles, offs_d,
-    stride_qm, stride_qd, stride_dom, stride_dod, stride_kn, stride_kd, stride_vn, stride_vd, q_len, kv_len, qk_scale,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK_BLOCK_M: tl.constexpr, MASK_BLOCK_N: tl.constexpr,
-    HEAD_DIM: tl.constexpr, HEAD_DIM_PADDED: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
-    NARROW: tl.constexpr, LIST_SLOTS: tl.constexpr,
-):  # fmt: skip
-    """dQ [BLOCK_M, D] (unscaled) of the query tile at ``start_m`` from the partial blocks
-    ``entry_begin:entry_end`` of its row, all narrow across the row (their allowed queries lie in
-    the NARROW rows from ``window``): computed on those rows alone and spread onto the tile's rows,
-    as the forward's ``_across_window_state``."""
-    first_row = (start_m // MASK_BLOCK_M) * MASK_BLOCK_M + window
-    offs_w = tl.arange(0, NARROW)
-    offs_n = tl.arange(0, BLOCK_N)
-    q = load_rows(q_base, first_row, offs_w, offs_d, stride_qm, stride_qd, q_len, True, HEAD_DIM, HEAD_DIM_PADDED)  # [NARROW, D]
-    do = load_rows(do_base, first_row, offs_w, offs_d, stride_dom, stride_dod, q_len, True, HEAD_DIM, HEAD_DIM_PADDED)
-    lse2, delta = _row_stats(Lse, Delta, batch_head, first_row, offs_w, q_len)
-    dq = tl.zeros([NARROW, HEAD_DIM_PADDED], dtype=tl.float32)
-    N_STEPS = MASK_BLOCK_N // BLOCK_N
-    if LIST_SLOTS > 0:
-        slots = tl.arange(0, LIST_SLOTS)
-        for chunk in range(entry_begin, entry_end, LIST_SLOTS):
-            in_chunk = chunk + slots < entry_end
-            chunk_blocks = tl.load(partial_kv_indices + chunk + slots, mask=in_chunk, other=0)
-            chunk_tiles = tl.load(partial_kv_tiles + chunk + slots, mask=in_chunk, other=0)
-            for step in range(0, tl.minimum(entry_end - chunk, LIST_SLOTS) * N_STEPS):
-                dq = _window_dq_step(
-                    dq, q, do, lse2, delta, k_base, v_base, batch, kv_head,
-                    list_entry(chunk_blocks, slots, step // N_STEPS), list_entry(chunk_tiles, slots, step // N_STEPS),
-                    (step % N_STEPS) * BLOCK_N, window, tiles, offs_w, offs_n, offs_d,
-                    stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale,
-                    MASK_BLOCK_M, MASK_BLOCK_N, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N,
-                )  # fmt: skip
-    else:
-        for step in range(entry_begin * N_STEPS, entry_end * N_STEPS):
-            dq = _window_dq_step(
-                dq, q, do, lse2, delta, k_base, v_base, batch, kv_head,
-                tl.load(partial_kv_indices + step // N_STEPS), tl.load(partial_kv_tiles + step // N_STEPS),
-                (step % N_STEPS) * BLOCK_N, window, tiles, offs_w, offs_n, offs_d,
-                stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale,
-                MASK_BLOCK_M, MASK_BLOCK_N, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N,
-            )  # fmt: skip
-    return spread_window_rows(dq, first_row - start_m, BLOCK_M, NARROW)
-
-
-@triton.jit
 def _attention_backward_dq_kernel(
     Q, K, V, DOut, K_rows, V_rows, Lse, Delta, DQ, DQPart,
     full_kv_offsets, full_kv_indices, full_kv_run_offsets, full_kv_run_starts, full_kv_run_ends,
@@ -581,8 +416,7 @@ def _attention_backward_dq_kernel(
     WALK: tl.constexpr,
     HAS_NARROW: tl.constexpr,
     NARROW: tl.constexpr,
-    ACROSS: tl.constexpr,
-    ACROSS_LIST_SLOTS: tl.constexpr,
+    SKIP_ACROSS: tl.constexpr,
 ):  # fmt: skip
     start_m, batch_head, item_begin, item_end, slot = program_item(
         item_lines, item_begins, item_ends, item_slots, BLOCK_M, MASK_BLOCK_M, HEAVY_FIRST, HEADS_FASTEST, SPLIT
@@ -601,7 +435,12 @@ def _attention_backward_dq_kernel(
     v_base = tile_source(V, batch, kv_head, stride_vb, stride_vh, stride_vn, kv_len, BLOCK_N, HEAD_DIM, USE_TMA)
     q = load_rows(q_base, start_m, offs_m, offs_d, stride_qm, stride_qd, q_len, True, HEAD_DIM, HEAD_DIM_PADDED)  # [BLOCK_M, D]
     do = load_rows(do_base, start_m, offs_m, offs_d, stride_dom, stride_dod, q_len, True, HEAD_DIM, HEAD_DIM_PADDED)  # [BLOCK_M, D]
-    lse2, delta = _row_stats(Lse, Delta, batch_head, start_m, offs_m, q_len)  # [BLOCK_M] each
+    in_bounds = (start_m + offs_m) < q_len
+    row_offsets = tl.cast(batch_head, tl.int64) * q_len + start_m + offs_m
+    lse = tl.load(Lse + row_offsets, mask=in_bounds, other=float("inf"))
+    # See [Note]: a row with no key (lse = -inf) or past q_len gets p = 0 everywhere.
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * _LOG2E_JIT)  # [BLOCK_M]
+    delta = tl.load(Delta + row_offsets, mask=in_bounds, other=0.0)  # [BLOCK_M]
     dq = tl.zeros([BLOCK_M, HEAD_DIM_PADDED], dtype=tl.float32)
 
     if IS_DENSE:
@@ -630,18 +469,9 @@ def _attention_backward_dq_kernel(
         wide_end = partial_end
         narrow_begin = partial_end
         if HAS_NARROW:
-            wide_end, across_end, narrow_begin, window = partial_parts(
-                across_kv_starts, across_kv_windows, narrow_kv_starts, mask_row, partial_begin, partial_end, row_in_tile, BLOCK_M, NARROW, ACROSS
+            wide_end, narrow_begin = partial_parts(
+                across_kv_starts, across_kv_windows, narrow_kv_starts, mask_row, partial_begin, partial_end, row_in_tile, BLOCK_M, NARROW, SKIP_ACROSS
             )
-            if ACROSS == ACROSS_STEPS:
-                # The blocks narrow across the row first: their sum starts dQ.
-                if across_end > wide_end:
-                    dq = _across_window_dq(
-                        q_base, do_base, k_base, v_base, Lse, Delta, batch, batch_head, kv_head, start_m, window, wide_end, across_end,
-                        partial_kv_indices, partial_kv_tiles, tiles, offs_d,
-                        stride_qm, stride_qd, stride_dom, stride_dod, stride_kn, stride_kd, stride_vn, stride_vd, q_len, kv_len, qk_scale,
-                        BLOCK_M, BLOCK_N, MASK_BLOCK_M, MASK_BLOCK_N, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, NARROW, ACROSS_LIST_SLOTS,
-                    )  # fmt: skip
         if FULL_RUNS:
             run_begin = tl.load(full_kv_run_offsets + mask_row)
             run_end = tl.load(full_kv_run_offsets + mask_row + 1)
@@ -773,7 +603,6 @@ def attention_backward(
         IS_DENSE=mask.is_dense,
         DOT_PRECISION=precision,
         NARROW=NARROW_WINDOW,
-        ACROSS_LIST_SLOTS=ACROSS_SLOTS,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
@@ -811,7 +640,7 @@ def attention_backward(
             SPLIT=column_plan is not None,
             USE_TMA=tma_columns,
             WALK=DKDV_WALK,
-            ACROSS=DKDV_ACROSS,
+            SKIP_ACROSS=DKDV_SKIP_ACROSS,
             HAS_NARROW=not mask.is_dense and mask.narrow_col_blocks + mask.across_col_blocks > 0,
             **common,
         )  # fmt: skip
@@ -836,7 +665,7 @@ def attention_backward(
             SPLIT=row_plan is not None,
             USE_TMA=tma_rows,
             WALK=DQ_WALK,
-            ACROSS=DQ_ACROSS,
+            SKIP_ACROSS=DQ_SKIP_ACROSS,
             HAS_NARROW=not mask.is_dense and mask.narrow_row_blocks + mask.across_row_blocks > 0,
             **common,
         )  # fmt: skip

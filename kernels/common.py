@@ -562,67 +562,26 @@ def store_rows(
     tl.store(ptrs, tile, mask=in_bounds)
 
 
-# How a kernel tile walks the blocks narrow across its line (BlockMask: all allowed queries of a
-# row's such block, or keys of a column's, lie in the line's NARROW window): partial_parts.
-ACROSS_WALK = tl.constexpr(0)  # as ordinary partial blocks, in whole kernel tiles
-ACROSS_SKIP = tl.constexpr(1)  # likewise, but tiles whose rows (keys) miss the window skip them
-ACROSS_STEPS = tl.constexpr(2)  # tiles overlapping the window walk them with the window alone
-# (NARROW rows, or keys, a step; across_window_rows), the others skip them
-
-
 @triton.jit
 def partial_parts(
     across_starts, across_windows, narrow_starts, line, partial_begin, partial_end, first,
-    BLOCK: tl.constexpr, NARROW: tl.constexpr, ACROSS: tl.constexpr,
+    BLOCK: tl.constexpr, NARROW: tl.constexpr, SKIP_ACROSS: tl.constexpr,
 ):  # fmt: skip
     """How a program walks its share ``[partial_begin, partial_end)`` of a line's partial blocks
-    (BlockMask: ordinary ones, those narrow across the line, narrow ones), its tile being ``BLOCK``
-    rows (keys, for dK/dV) from ``first`` within the block. Returns ``(wide_end, across_end,
-    narrow_begin, window)``: whole kernel tiles over ``[partial_begin, wide_end)``, window steps
-    over ``[wide_end, across_end)`` (only under ACROSS_STEPS), one NARROW step each over
-    ``[narrow_begin, partial_end)``; ``window`` is the line's across window within the block."""
+    (BlockMask: ordinary ones, those narrow across the line, narrow ones). Returns ``(wide_end,
+    narrow_begin)``: whole kernel tiles over ``[partial_begin, wide_end)``, one NARROW step each
+    over ``[narrow_begin, partial_end)``. With SKIP_ACROSS, the blocks narrow across the line are
+    left out of the first range when the program's ``BLOCK`` rows (keys, for dK/dV) from ``first``
+    within the block miss the line's window."""
     narrow_start = tl.load(narrow_starts + line)
+    wide_stop = narrow_start
+    if SKIP_ACROSS:
+        window = tl.load(across_windows + line)
+        misses = (window + NARROW <= first) | (first + BLOCK <= window)
+        wide_stop = tl.where(misses, tl.load(across_starts + line), narrow_start)
+    wide_end = tl.maximum(tl.minimum(partial_end, wide_stop), partial_begin)
     narrow_begin = tl.maximum(tl.minimum(partial_end, narrow_start), partial_begin)
-    window = tl.load(across_windows + line)
-    if ACROSS == ACROSS_WALK:
-        wide_end = narrow_begin
-        across_end = narrow_begin
-    else:
-        misses = (window + NARROW <= first) | (first + BLOCK <= window)  # (an empty range when window = -1)
-        across_begin = tl.maximum(tl.minimum(partial_end, tl.load(across_starts + line)), partial_begin)
-        if ACROSS == ACROSS_SKIP:
-            wide_end = tl.where(misses, across_begin, narrow_begin)
-            across_end = wide_end
-        else:
-            wide_end = across_begin
-            across_end = tl.where(misses, across_begin, narrow_begin)
-    return wide_end, across_end, narrow_begin, window
-
-
-@triton.jit
-def list_entry(chunk_values, slots, slot):
-    """Entry ``slot`` of a block-list chunk held in registers (``slots`` = arange over the chunk).
-    Reading a list this way, a chunk at a time, leaves each step's tile offset a function of the
-    loop counter alone, so the compiler can issue the K/V loads stages ahead."""
-    return tl.sum(tl.where(slots == slot, chunk_values, 0), axis=0)
-
-
-@triton.jit
-def spread_window_rows(values, offset, BLOCK: tl.constexpr, NARROW: tl.constexpr):
-    """[NARROW, W] float32 rows of a window as the [BLOCK, W] rows of a kernel tile: window row
-    ``c`` lands on tile row ``offset + c``; window rows outside the tile are dropped and the other
-    tile rows are 0. Exact (a one-hot product in IEEE float32), once per program that needs it."""
-    onehot = tl.arange(0, BLOCK)[:, None] == offset + tl.arange(0, NARROW)[None, :]  # [BLOCK, NARROW]
-    return tl.dot(onehot.to(tl.float32), values, input_precision="ieee")
-
-
-@triton.jit
-def spread_window_vector(values, offset, fill, BLOCK: tl.constexpr, NARROW: tl.constexpr):
-    """[NARROW] values of a window's rows as the [BLOCK] rows of a kernel tile (see
-    :func:`spread_window_rows`); tile rows outside the window get ``fill``, which must not exceed
-    any value (-inf for a running max, 0 for a sum of exponentials)."""
-    onehot = tl.arange(0, BLOCK)[:, None] == offset + tl.arange(0, NARROW)[None, :]  # [BLOCK, NARROW]
-    return tl.max(tl.where(onehot, values[None, :], fill), axis=1)
+    return wide_end, narrow_begin
 
 
 @triton.jit

@@ -46,10 +46,6 @@ from .common import (
     load_rows,
     load_tile_mask,
     partial_parts,
-    list_entry,
-    spread_window_rows,
-    spread_window_vector,
-    ACROSS_STEPS,
     new_output,
     on_device_of,
     row_list_arguments,
@@ -74,12 +70,10 @@ from .split import item_arguments, item_block_ranges, merge_softmax, new_scratch
 # 15.04 -> 14.86 ms, every block listed 32k 16.70 -> 16.46, causal 8k 1.122 -> 1.112, dense 8k level.
 FORWARD_WALK = WALK_REVERSE.value
 
-# How query tiles walk the blocks narrow across their row, as the global row's blocks under
-# global(g) (common.ACROSS_*): the tile overlapping the row's window walks them with the window's
-# NARROW rows alone (_across_window_state), instead of all BLOCK_M rows.
-FORWARD_ACROSS = ACROSS_STEPS.value
-# Window steps read their block list this many entries at a time (common.list_entry); 0: per step.
-ACROSS_SLOTS = 16
+# Whether query tiles smaller than the mask block skip the blocks narrow across their row when they
+# miss its window (common.partial_parts). Off, as in dQ (backward.py); the default forward tiles
+# span the whole block, where it changes nothing.
+FORWARD_SKIP_ACROSS = False
 
 # How a step masks its scores.
 _NO_MASK = tl.constexpr(0)  # full block (or a whole dense tile): nothing to mask
@@ -145,6 +139,12 @@ def _online_softmax_step(
 
 
 @triton.jit
+def _list_entry(chunk_values, slots, slot):
+    """Entry ``slot`` of a block-list chunk held in registers (``slots`` = arange over the chunk)."""
+    return tl.sum(tl.where(slots == slot, chunk_values, 0), axis=0)
+
+
+@triton.jit
 def _partial_block_step(
     acc, m_i, l_i, q, k_base, v_base, batch, kv_head, kv_block, tile_id, row_in_tile, col_in_tile, tiles, offs_m, offs_n, offs_d,
     stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale,
@@ -160,59 +160,6 @@ def _partial_block_step(
         stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, allowed,
         _TILE_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N,
     )  # fmt: skip
-
-
-@triton.jit
-def _across_window_state(
-    q_base, k_base, v_base, batch, kv_head, start_m, window, entry_begin, entry_end,
-    partial_kv_indices, partial_kv_tiles, tiles, offs_d,
-    stride_qm, stride_qd, stride_kn, stride_kd, stride_vn, stride_vd, q_len, kv_len, qk_scale,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK_BLOCK_M: tl.constexpr, MASK_BLOCK_N: tl.constexpr,
-    HEAD_DIM: tl.constexpr, HEAD_DIM_PADDED: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
-    NARROW: tl.constexpr, LIST_SLOTS: tl.constexpr,
-):  # fmt: skip
-    """The state (acc [BLOCK_M, D], m_i, l_i) of the query tile at ``start_m`` after the partial
-    blocks ``entry_begin:entry_end`` of its row, all narrow across the row: their allowed queries lie
-    in the NARROW rows from ``window`` within the block. Only those rows are computed (the global
-    row of global(4) has 4 queries of 128), then spread onto the tile's rows; the others stay empty.
-    Window rows outside the tile are computed too and dropped, so a window may straddle two tiles."""
-    first_row = (start_m // MASK_BLOCK_M) * MASK_BLOCK_M + window
-    offs_w = tl.arange(0, NARROW)
-    offs_n = tl.arange(0, BLOCK_N)
-    q = load_rows(q_base, first_row, offs_w, offs_d, stride_qm, stride_qd, q_len, True, HEAD_DIM, HEAD_DIM_PADDED)  # [NARROW, D]
-    acc = tl.zeros([NARROW, HEAD_DIM_PADDED], dtype=tl.float32)
-    m_i = tl.full([NARROW], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([NARROW], dtype=tl.float32)
-    N_STEPS = MASK_BLOCK_N // BLOCK_N
-    if LIST_SLOTS > 0:
-        slots = tl.arange(0, LIST_SLOTS)
-        for chunk in range(entry_begin, entry_end, LIST_SLOTS):
-            in_chunk = chunk + slots < entry_end
-            chunk_blocks = tl.load(partial_kv_indices + chunk + slots, mask=in_chunk, other=0)
-            chunk_tiles = tl.load(partial_kv_tiles + chunk + slots, mask=in_chunk, other=0)
-            for step in range(0, tl.minimum(entry_end - chunk, LIST_SLOTS) * N_STEPS):
-                acc, m_i, l_i = _partial_block_step(
-                    acc, m_i, l_i, q, k_base, v_base, batch, kv_head,
-                    list_entry(chunk_blocks, slots, step // N_STEPS), list_entry(chunk_tiles, slots, step // N_STEPS),
-                    window, (step % N_STEPS) * BLOCK_N, tiles, offs_w, offs_n, offs_d,
-                    stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale,
-                    MASK_BLOCK_M, MASK_BLOCK_N, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N,
-                )  # fmt: skip
-    else:
-        for step in range(entry_begin * N_STEPS, entry_end * N_STEPS):
-            acc, m_i, l_i = _partial_block_step(
-                acc, m_i, l_i, q, k_base, v_base, batch, kv_head,
-                tl.load(partial_kv_indices + step // N_STEPS), tl.load(partial_kv_tiles + step // N_STEPS),
-                window, (step % N_STEPS) * BLOCK_N, tiles, offs_w, offs_n, offs_d,
-                stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale,
-                MASK_BLOCK_M, MASK_BLOCK_N, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N,
-            )  # fmt: skip
-    offset = first_row - start_m  # the tile row of window row 0
-    return (
-        spread_window_rows(acc, offset, BLOCK_M, NARROW),
-        spread_window_vector(m_i, offset, float("-inf"), BLOCK_M, NARROW),
-        spread_window_vector(l_i, offset, 0.0, BLOCK_M, NARROW),
-    )
 
 
 @triton.jit
@@ -246,8 +193,7 @@ def _attention_forward_kernel(
     HAS_PARTIAL: tl.constexpr,
     HAS_NARROW: tl.constexpr,
     NARROW: tl.constexpr,
-    ACROSS: tl.constexpr,
-    ACROSS_LIST_SLOTS: tl.constexpr,
+    SKIP_ACROSS: tl.constexpr,
 ):  # fmt: skip
     start_m, batch_head, item_begin, item_end, slot = program_item(
         item_lines, item_begins, item_ends, item_slots, BLOCK_M, MASK_BLOCK_M, HEAVY_FIRST, HEADS_FASTEST, SPLIT
@@ -301,19 +247,9 @@ def _attention_forward_kernel(
         wide_end = partial_end
         narrow_begin = partial_end
         if HAS_NARROW:
-            wide_end, across_end, narrow_begin, window = partial_parts(
-                across_kv_starts, across_kv_windows, narrow_kv_starts, mask_row, partial_begin, partial_end, row_in_tile, BLOCK_M, NARROW, ACROSS
+            wide_end, narrow_begin = partial_parts(
+                across_kv_starts, across_kv_windows, narrow_kv_starts, mask_row, partial_begin, partial_end, row_in_tile, BLOCK_M, NARROW, SKIP_ACROSS
             )
-            if ACROSS == ACROSS_STEPS:
-                # The blocks narrow across the row first: they start the state (an exact sum, in
-                # any order), which the blocks below then extend.
-                if across_end > wide_end:
-                    acc, m_i, l_i = _across_window_state(
-                        q_base, k_base, v_base, batch, kv_head, start_m, window, wide_end, across_end,
-                        partial_kv_indices, partial_kv_tiles, tiles, offs_d,
-                        stride_qm, stride_qd, stride_kn, stride_kd, stride_vn, stride_vd, q_len, kv_len, qk_scale,
-                        BLOCK_M, BLOCK_N, MASK_BLOCK_M, MASK_BLOCK_N, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, NARROW, ACROSS_LIST_SLOTS,
-                    )  # fmt: skip
 
         if FULL_RUNS:
             # Long runs of consecutive full blocks: inside a run the key offset is affine in the
@@ -345,7 +281,7 @@ def _attention_forward_kernel(
             for chunk in range(full_begin, full_end, LIST_SLOTS):
                 chunk_blocks = tl.load(full_kv_indices + chunk + slots, mask=chunk + slots < full_end, other=0)
                 for step in range(0, tl.minimum(full_end - chunk, LIST_SLOTS) * N_STEPS):
-                    kv_block = list_entry(chunk_blocks, slots, step // N_STEPS)
+                    kv_block = _list_entry(chunk_blocks, slots, step // N_STEPS)
                     start_n = kv_block * MASK_BLOCK_N + (step % N_STEPS) * BLOCK_N
                     acc, m_i, l_i = _online_softmax_step(
                         acc, m_i, l_i, q, k_base, v_base, batch, kv_head, start_n, offs_n, offs_d,
@@ -377,7 +313,7 @@ def _attention_forward_kernel(
                 for step in range(0, tl.minimum(wide_end - chunk, LIST_SLOTS) * N_STEPS):
                     acc, m_i, l_i = _partial_block_step(
                         acc, m_i, l_i, q, k_base, v_base, batch, kv_head,
-                        list_entry(chunk_blocks, slots, step // N_STEPS), list_entry(chunk_tiles, slots, step // N_STEPS),
+                        _list_entry(chunk_blocks, slots, step // N_STEPS), _list_entry(chunk_tiles, slots, step // N_STEPS),
                         row_in_tile, (step % N_STEPS) * BLOCK_N, tiles, offs_m, offs_n, offs_d,
                         stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale,
                         MASK_BLOCK_M, MASK_BLOCK_N, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N,
@@ -494,8 +430,7 @@ def attention_forward(
             HAS_PARTIAL=mask.is_dense or mask.n_partial > 0,
             HAS_NARROW=not mask.is_dense and mask.narrow_row_blocks + mask.across_row_blocks > 0,
             NARROW=NARROW_WINDOW,
-            ACROSS=FORWARD_ACROSS,
-            ACROSS_LIST_SLOTS=ACROSS_SLOTS,
+            SKIP_ACROSS=FORWARD_SKIP_ACROSS,
             DOT_PRECISION=dot_precision(q.dtype, allow_tf32),
             num_warps=config.num_warps,
             num_stages=config.num_stages,

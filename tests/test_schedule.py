@@ -11,7 +11,7 @@ import sparseflash.kernels.backward as backward_kernels  # noqa: E402
 import sparseflash.kernels.common as kernels  # noqa: E402
 import sparseflash.kernels.forward as forward_kernel  # noqa: E402
 from sparseflash.kernels.backward import attention_backward  # noqa: E402
-from sparseflash.kernels.common import ACROSS_SKIP, ACROSS_STEPS, ACROSS_WALK, BackwardConfig, ForwardConfig, Schedule, auto_schedule  # noqa: E402
+from sparseflash.kernels.common import BackwardConfig, ForwardConfig, Schedule, auto_schedule  # noqa: E402
 from sparseflash.kernels.forward import attention_forward  # noqa: E402
 import sparseflash.kernels.split as split  # noqa: E402
 from sparseflash.kernels.split import split_plan  # noqa: E402
@@ -98,15 +98,14 @@ def narrow_block_masks():
 # Narrow partial blocks in all three kernels: with kernel tiles as large as the mask blocks and
 # smaller, in whole lines and in split ones (their narrow blocks then fall into some items only),
 # with GQA folding two query heads into each dK/dV program; kernel tiles that miss the window of
-# their line's blocks narrow across it walking them, skipping them, or stepping through their
-# window alone (the *_ACROSS switches, common.ACROSS_*).
-@pytest.mark.parametrize("across", [ACROSS_WALK.value, ACROSS_SKIP.value, ACROSS_STEPS.value], ids=["walk", "skip", "steps"])
+# their line's blocks narrow across it skipping them, or walking them (the *_SKIP_ACROSS switches).
+@pytest.mark.parametrize("skip_across", [True, False], ids=["skip", "walk"])
 @pytest.mark.parametrize("tile, split_blocks", [(64, 0), (16, 0), (32, 2)])
 @pytest.mark.parametrize("case", list(narrow_block_masks()), ids=["global", "from-dense"])
-def test_narrow_blocks_match_the_oracle(case, tile, split_blocks, across, monkeypatch):
+def test_narrow_blocks_match_the_oracle(case, tile, split_blocks, skip_across, monkeypatch):
     monkeypatch.setattr(kernels, "POISON_OUTPUTS", True)
-    for module, name in ((forward_kernel, "FORWARD_ACROSS"), (backward_kernels, "DKDV_ACROSS"), (backward_kernels, "DQ_ACROSS")):
-        monkeypatch.setattr(module, name, across)
+    for module, name in ((forward_kernel, "FORWARD_SKIP_ACROSS"), (backward_kernels, "DKDV_SKIP_ACROSS"), (backward_kernels, "DQ_SKIP_ACROSS")):
+        monkeypatch.setattr(module, name, skip_across)
     mask, allowed = case
     assert mask.narrow_row_blocks > 0 and mask.narrow_col_blocks > 0
     assert mask.across_row_blocks > 0 and mask.across_col_blocks > 0
