@@ -8,7 +8,7 @@ other row is empty, so the forward and dQ times are the row's programs' times), 
 global column alone (the dK/dV time is the column's), and the whole ``local(256)+global(4)``.
 Variants: kernel tiles that miss a line's across window walking or skipping its blocks narrow
 across it (the ``*_SKIP_ACROSS`` switches, set for all three kernels), lines split (default) or
-whole (``split_blocks=0``) or cut in items of 32 blocks. Kernel times from ``torch.profiler``
+whole (``split_blocks=0``) or cut in items of 16, 32 or 64 blocks. Kernel times from ``torch.profiler``
 (line_costs.kernel_times).
 
 results/long_line.json came from commit 9232794, whose kernels could also walk those blocks with
@@ -38,7 +38,9 @@ VARIANTS = {
     "skip": (True, None),
     "walk,whole": (False, 0),
     "skip,whole": (True, 0),
+    "walk,split16": (False, 16),
     "walk,split32": (False, 32),
+    "walk,split64": (False, 64),
 }
 
 
