@@ -1,7 +1,7 @@
 """What one long line costs: the global row and the global column of ``global(4)`` timed alone and
 inside ``local(256)+global(4)``, under each way of walking the blocks narrow across them.
 
-    python benchmarks/experiments/long_line.py     # on a GPU; writes results/long_line.json
+    python benchmarks/experiments/long_line.py     # on a GPU; writes results/long_line_2.json
 
 Patterns (N=32k, D=128, 16 heads, bf16): ``global(4) - sink(4)`` is the global row alone (every
 other row is empty, so the forward and dQ times are the row's programs' times), ``sink(4)`` the
