@@ -174,7 +174,7 @@ def _attention_backward_dkdv_kernel(
     Q, K, V, DOut, Q_rows, DOut_rows, Lse, Delta, DK, DV, DKPart, DVPart,
     full_q_offsets, full_q_indices, full_q_run_offsets, full_q_run_starts, full_q_run_ends,
     partial_q_offsets, partial_q_indices, partial_q_tiles,
-    across_q_starts, across_q_windows, narrow_q_starts, tile_q_windows, tiles,
+    across_q_starts, across_q_windows, narrow_q_starts, tile_q_windows, tiles, tile_key_spans,
     item_lines, item_begins, item_ends, item_slots,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -201,6 +201,7 @@ def _attention_backward_dkdv_kernel(
     HAS_NARROW: tl.constexpr,
     NARROW: tl.constexpr,
     SKIP_ACROSS: tl.constexpr,
+    KEY_SPANS: tl.constexpr,
 ):  # fmt: skip
     start_n, batch_head, item_begin, item_end, slot = program_item(
         item_lines, item_begins, item_ends, item_slots, BLOCK_N, MASK_BLOCK_N, HEAVY_FIRST, HEADS_FASTEST, SPLIT
@@ -297,7 +298,7 @@ def _attention_backward_dkdv_kernel(
                 row_in_tile = (step % M_STEPS) * BLOCK_M
                 # Key-major view of the tile: [BLOCK_N, BLOCK_M], matching scores_t.
                 allowed_t = load_tile_mask(
-                    tiles, tile_id, row_in_tile, col_in_tile, offs_m[None, :], offs_n[:, None], MASK_BLOCK_M, MASK_BLOCK_N
+                    tiles, tile_key_spans, tile_id, row_in_tile, col_in_tile, offs_m[None, :], offs_n[:, None], MASK_BLOCK_M, MASK_BLOCK_N, KEY_SPANS
                 )
                 dk, dv = _dkdv_step(
                     dk, dv, k, v, q_base, do_base, batch, q_head, lse_base, delta_base, q_block * MASK_BLOCK_M + row_in_tile,
@@ -313,7 +314,7 @@ def _attention_backward_dkdv_kernel(
                     tile_id = tl.load(partial_q_tiles + entry)
                     window = tl.load(tile_q_windows + tile_id)
                     allowed_t = load_tile_mask(
-                        tiles, tile_id, window, col_in_tile, offs_w[None, :], offs_n[:, None], MASK_BLOCK_M, MASK_BLOCK_N
+                        tiles, tile_key_spans, tile_id, window, col_in_tile, offs_w[None, :], offs_n[:, None], MASK_BLOCK_M, MASK_BLOCK_N, KEY_SPANS
                     )
                     dk, dv = _dkdv_step(
                         dk, dv, k, v, q_rows, do_rows, batch, q_head, lse_base, delta_base,
@@ -391,7 +392,7 @@ def _attention_backward_dq_kernel(
     Q, K, V, DOut, K_rows, V_rows, Lse, Delta, DQ, DQPart,
     full_kv_offsets, full_kv_indices, full_kv_run_offsets, full_kv_run_starts, full_kv_run_ends,
     partial_kv_offsets, partial_kv_indices, partial_kv_tiles,
-    across_kv_starts, across_kv_windows, narrow_kv_starts, tile_kv_windows, tiles,
+    across_kv_starts, across_kv_windows, narrow_kv_starts, tile_kv_windows, tiles, tile_key_spans,
     item_lines, item_begins, item_ends, item_slots,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -417,6 +418,7 @@ def _attention_backward_dq_kernel(
     HAS_NARROW: tl.constexpr,
     NARROW: tl.constexpr,
     SKIP_ACROSS: tl.constexpr,
+    KEY_SPANS: tl.constexpr,
 ):  # fmt: skip
     start_m, batch_head, item_begin, item_end, slot = program_item(
         item_lines, item_begins, item_ends, item_slots, BLOCK_M, MASK_BLOCK_M, HEAVY_FIRST, HEADS_FASTEST, SPLIT
@@ -506,7 +508,7 @@ def _attention_backward_dq_kernel(
             tile_id = tl.load(partial_kv_tiles + step // N_STEPS)
             col_in_tile = (step % N_STEPS) * BLOCK_N
             allowed = load_tile_mask(
-                tiles, tile_id, row_in_tile, col_in_tile, offs_m[:, None], offs_n[None, :], MASK_BLOCK_M, MASK_BLOCK_N
+                tiles, tile_key_spans, tile_id, row_in_tile, col_in_tile, offs_m[:, None], offs_n[None, :], MASK_BLOCK_M, MASK_BLOCK_N, KEY_SPANS
             )  # [BLOCK_M, BLOCK_N]
             dq = _dq_step(
                 dq, q, do, lse2, delta, k_base, v_base, batch, kv_head, kv_block * MASK_BLOCK_N + col_in_tile, offs_n, offs_d,
@@ -522,7 +524,7 @@ def _attention_backward_dq_kernel(
                 tile_id = tl.load(partial_kv_tiles + entry)
                 window = tl.load(tile_kv_windows + tile_id)
                 allowed = load_tile_mask(
-                    tiles, tile_id, row_in_tile, window, offs_m[:, None], offs_w[None, :], MASK_BLOCK_M, MASK_BLOCK_N
+                    tiles, tile_key_spans, tile_id, row_in_tile, window, offs_m[:, None], offs_w[None, :], MASK_BLOCK_M, MASK_BLOCK_N, KEY_SPANS
                 )  # [BLOCK_M, NARROW]
                 dq = _dq_step(
                     dq, q, do, lse2, delta, k_rows, v_rows, batch, kv_head, tl.load(partial_kv_indices + entry) * MASK_BLOCK_N + window,
@@ -641,6 +643,7 @@ def attention_backward(
             USE_TMA=tma_columns,
             WALK=DKDV_WALK,
             SKIP_ACROSS=DKDV_SKIP_ACROSS,
+            KEY_SPANS=mask.key_spans,
             HAS_NARROW=not mask.is_dense and mask.narrow_col_blocks + mask.across_col_blocks > 0,
             **common,
         )  # fmt: skip
@@ -666,6 +669,7 @@ def attention_backward(
             USE_TMA=tma_rows,
             WALK=DQ_WALK,
             SKIP_ACROSS=DQ_SKIP_ACROSS,
+            KEY_SPANS=mask.key_spans,
             HAS_NARROW=not mask.is_dense and mask.narrow_row_blocks + mask.across_row_blocks > 0,
             **common,
         )  # fmt: skip

@@ -55,7 +55,7 @@ def row_list_arguments(mask, device) -> tuple:
         mask.full_kv_offsets, mask.full_kv_indices,
         mask.full_kv_run_offsets, mask.full_kv_run_starts, mask.full_kv_run_ends,
         mask.partial_kv_offsets, mask.partial_kv_indices, mask.partial_kv_tiles, mask.across_kv_starts,
-        mask.across_kv_windows, mask.narrow_kv_starts, mask.tile_kv_windows, mask.tiles, mask.q_block_order,
+        mask.across_kv_windows, mask.narrow_kv_starts, mask.tile_kv_windows, mask.tiles, mask.tile_key_spans, mask.q_block_order,
     )  # fmt: skip
 
 
@@ -67,13 +67,13 @@ def column_list_arguments(mask, device) -> tuple:
         mask.full_q_offsets, mask.full_q_indices,
         mask.full_q_run_offsets, mask.full_q_run_starts, mask.full_q_run_ends,
         mask.partial_q_offsets, mask.partial_q_indices, mask.partial_q_tiles, mask.across_q_starts,
-        mask.across_q_windows, mask.narrow_q_starts, mask.tile_q_windows, mask.tiles, mask.kv_block_order,
+        mask.across_q_windows, mask.narrow_q_starts, mask.tile_q_windows, mask.tiles, mask.tile_key_spans, mask.kv_block_order,
     )  # fmt: skip
 
 
 def _placeholders(device) -> tuple:
     index = torch.zeros(1, dtype=torch.int32, device=device)
-    return (index,) * 12 + (torch.zeros(1, dtype=torch.uint8, device=device), index)
+    return (index,) * 12 + (torch.zeros(1, dtype=torch.uint8, device=device), index, index)
 
 
 def launch_grid(length: int, block: int, mask_block: int, n_batch_heads: int, schedule: Schedule, is_dense: bool, plan=None) -> tuple:
@@ -587,6 +587,7 @@ def partial_parts(
 @triton.jit
 def load_tile_mask(
     tiles,
+    key_spans,
     tile_id,
     first_row_in_tile,
     first_col_in_tile,
@@ -594,12 +595,24 @@ def load_tile_mask(
     offs_cols,
     MASK_BLOCK_M: tl.constexpr,
     MASK_BLOCK_N: tl.constexpr,
+    KEY_SPANS: tl.constexpr,
 ):
     """The part of partial tile ``tile_id`` seen by a [ROWS, COLS] kernel tile, as bool.
 
     ``offs_rows`` index queries and ``offs_cols`` keys; pass them as [ROWS, 1] and [1, COLS] (query-
     major) or [1, ROWS] and [COLS, 1] (key-major, for dK/dV) to get either orientation.
+    ``KEY_SPANS`` (the mask's ``key_spans``): 0 loads the uint8 tile from ``tiles``; 1 or 2 compares
+    the keys with each row's runs of allowed keys in ``key_spans`` (``BlockMask.tile_key_spans``),
+    a load per row instead of per element.
     """
-    tile_base = tiles + tl.cast(tile_id, tl.int64) * (MASK_BLOCK_M * MASK_BLOCK_N)
-    ptrs = tile_base + (first_row_in_tile + offs_rows) * MASK_BLOCK_N + (first_col_in_tile + offs_cols)
-    return tl.load(ptrs) != 0
+    if KEY_SPANS == 0:
+        tile_base = tiles + tl.cast(tile_id, tl.int64) * (MASK_BLOCK_M * MASK_BLOCK_N)
+        ptrs = tile_base + (first_row_in_tile + offs_rows) * MASK_BLOCK_N + (first_col_in_tile + offs_cols)
+        allowed = tl.load(ptrs) != 0
+    else:
+        row_spans = key_spans + tl.cast(tile_id, tl.int64) * (MASK_BLOCK_M * 2 * KEY_SPANS) + (first_row_in_tile + offs_rows) * (2 * KEY_SPANS)
+        keys = first_col_in_tile + offs_cols
+        allowed = (keys >= tl.load(row_spans)) & (keys < tl.load(row_spans + 1))
+        if KEY_SPANS == 2:
+            allowed = allowed | ((keys >= tl.load(row_spans + 2)) & (keys < tl.load(row_spans + 3)))
+    return allowed

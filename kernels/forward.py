@@ -146,14 +146,14 @@ def _list_entry(chunk_values, slots, slot):
 
 @triton.jit
 def _partial_block_step(
-    acc, m_i, l_i, q, k_base, v_base, batch, kv_head, kv_block, tile_id, row_in_tile, col_in_tile, tiles, offs_m, offs_n, offs_d,
+    acc, m_i, l_i, q, k_base, v_base, batch, kv_head, kv_block, tile_id, row_in_tile, col_in_tile, tiles, key_spans, offs_m, offs_n, offs_d,
     stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale,
     MASK_BLOCK_M: tl.constexpr, MASK_BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_PADDED: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_N: tl.constexpr, KEY_SPANS: tl.constexpr,
 ):  # fmt: skip
     """One step inside partial block ``kv_block``: its tile ``tile_id`` masks the scores."""
     allowed = load_tile_mask(
-        tiles, tile_id, row_in_tile, col_in_tile, offs_m[:, None], offs_n[None, :], MASK_BLOCK_M, MASK_BLOCK_N
+        tiles, key_spans, tile_id, row_in_tile, col_in_tile, offs_m[:, None], offs_n[None, :], MASK_BLOCK_M, MASK_BLOCK_N, KEY_SPANS
     )  # [BLOCK_M, BLOCK_N]
     return _online_softmax_step(
         acc, m_i, l_i, q, k_base, v_base, batch, kv_head, kv_block * MASK_BLOCK_N + col_in_tile, offs_n, offs_d,
@@ -167,7 +167,7 @@ def _attention_forward_kernel(
     Q, K, V, K_rows, V_rows, Out, Lse, OutPart, LsePart,
     full_kv_offsets, full_kv_indices, full_kv_run_offsets, full_kv_run_starts, full_kv_run_ends,
     partial_kv_offsets, partial_kv_indices, partial_kv_tiles,
-    across_kv_starts, across_kv_windows, narrow_kv_starts, tile_kv_windows, tiles,
+    across_kv_starts, across_kv_windows, narrow_kv_starts, tile_kv_windows, tiles, tile_key_spans,
     item_lines, item_begins, item_ends, item_slots,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
@@ -194,6 +194,7 @@ def _attention_forward_kernel(
     HAS_NARROW: tl.constexpr,
     NARROW: tl.constexpr,
     SKIP_ACROSS: tl.constexpr,
+    KEY_SPANS: tl.constexpr,
 ):  # fmt: skip
     start_m, batch_head, item_begin, item_end, slot = program_item(
         item_lines, item_begins, item_ends, item_slots, BLOCK_M, MASK_BLOCK_M, HEAVY_FIRST, HEADS_FASTEST, SPLIT
@@ -314,18 +315,18 @@ def _attention_forward_kernel(
                     acc, m_i, l_i = _partial_block_step(
                         acc, m_i, l_i, q, k_base, v_base, batch, kv_head,
                         _list_entry(chunk_blocks, slots, step // N_STEPS), _list_entry(chunk_tiles, slots, step // N_STEPS),
-                        row_in_tile, (step % N_STEPS) * BLOCK_N, tiles, offs_m, offs_n, offs_d,
+                        row_in_tile, (step % N_STEPS) * BLOCK_N, tiles, tile_key_spans, offs_m, offs_n, offs_d,
                         stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale,
-                        MASK_BLOCK_M, MASK_BLOCK_N, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N,
+                        MASK_BLOCK_M, MASK_BLOCK_N, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N, KEY_SPANS,
                     )  # fmt: skip
         else:
             for step in range(partial_begin * N_STEPS, wide_end * N_STEPS):
                 acc, m_i, l_i = _partial_block_step(
                     acc, m_i, l_i, q, k_base, v_base, batch, kv_head,
                     tl.load(partial_kv_indices + step // N_STEPS), tl.load(partial_kv_tiles + step // N_STEPS),
-                    row_in_tile, (step % N_STEPS) * BLOCK_N, tiles, offs_m, offs_n, offs_d,
+                    row_in_tile, (step % N_STEPS) * BLOCK_N, tiles, tile_key_spans, offs_m, offs_n, offs_d,
                     stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale,
-                    MASK_BLOCK_M, MASK_BLOCK_N, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N,
+                    MASK_BLOCK_M, MASK_BLOCK_N, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N, KEY_SPANS,
                 )  # fmt: skip
         if HAS_NARROW:
             # Pointer loads: the descriptors' boxes are BLOCK_N rows tall.
@@ -337,9 +338,9 @@ def _attention_forward_kernel(
                 acc, m_i, l_i = _partial_block_step(
                     acc, m_i, l_i, q, k_rows, v_rows, batch, kv_head,
                     tl.load(partial_kv_indices + entry), tile_id,
-                    row_in_tile, tl.load(tile_kv_windows + tile_id), tiles, offs_m, offs_w, offs_d,
+                    row_in_tile, tl.load(tile_kv_windows + tile_id), tiles, tile_key_spans, offs_m, offs_w, offs_d,
                     stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale,
-                    MASK_BLOCK_M, MASK_BLOCK_N, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, TMA_OFF, NARROW,
+                    MASK_BLOCK_M, MASK_BLOCK_N, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, TMA_OFF, NARROW, KEY_SPANS,
                 )  # fmt: skip
 
     # Rows with no allowed key: divide by 1 (acc is 0) and report lse = -inf. See [Note].
@@ -431,6 +432,7 @@ def attention_forward(
             HAS_NARROW=not mask.is_dense and mask.narrow_row_blocks + mask.across_row_blocks > 0,
             NARROW=NARROW_WINDOW,
             SKIP_ACROSS=FORWARD_SKIP_ACROSS,
+            KEY_SPANS=mask.key_spans,
             DOT_PRECISION=dot_precision(q.dtype, allow_tf32),
             num_warps=config.num_warps,
             num_stages=config.num_stages,

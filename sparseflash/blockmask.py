@@ -36,7 +36,7 @@ _TENSOR_NAMES = (
     "q_block_order", "kv_block_order", "full_kv_run_offsets", "full_kv_run_starts", "full_kv_run_ends",
     "full_q_run_offsets", "full_q_run_starts", "full_q_run_ends",
     "narrow_kv_starts", "narrow_q_starts", "tile_kv_windows", "tile_q_windows",
-    "across_kv_starts", "across_q_starts", "across_kv_windows", "across_q_windows", "tiles",
+    "across_kv_starts", "across_q_starts", "across_kv_windows", "across_q_windows", "tile_key_spans", "tiles",
 )  # fmt: skip
 
 # A partial block whose allowed keys (queries) all lie in this many consecutive ones is walked in
@@ -46,6 +46,11 @@ _TENSOR_NAMES = (
 NARROW_WINDOW = 16
 # ...and only in blocks at least this many times wider, where the step saves most of the work.
 _NARROW_MIN_RATIO = 4
+# Tiles whose rows each allow at most this many runs of consecutive keys are also given as those
+# runs ("key spans"), which the kernels compare against instead of loading the uint8 tile: bands,
+# causal diagonals, global lines and sequence ends need one, a band beside a global column or a
+# stride point two.
+KEY_SPAN_LIMIT = 2
 
 
 class _MaskTensor:
@@ -97,6 +102,13 @@ class BlockMask:
     ``across_q_windows``), for dK/dV. ``narrow_row_blocks`` / ``narrow_col_blocks`` and
     ``across_row_blocks`` / ``across_col_blocks`` count the entries.
 
+    *Key spans*: when every row of every tile allows at most ``KEY_SPAN_LIMIT`` runs of consecutive
+    keys, ``key_spans`` is the most any row has (1 or 2) and ``tile_key_spans`` int32, flat
+    ``(n_tiles, block_m, key_spans, 2)``, gives each row's runs as [first, end) key offsets within
+    the block (an unused run is [0, 0)): the kernels then compute a partial step's mask from two
+    (four) comparisons instead of loading its uint8 tile. ``key_spans`` is 0 otherwise, and for
+    ``dense``.
+
     The full blocks again as runs of consecutive blocks, which is how the kernels walk them (a
     run's key offsets are affine in the loop counter, so K and V can be prefetched): row ``m``'s runs
     are ``full_kv_run_starts[r]`` to ``full_kv_run_ends[r]`` (exclusive) for ``r`` in
@@ -141,6 +153,7 @@ class BlockMask:
     across_q_starts = _MaskTensor()
     across_kv_windows = _MaskTensor()
     across_q_windows = _MaskTensor()
+    tile_key_spans = _MaskTensor()
     tiles = _MaskTensor()
 
     def __init__(
@@ -162,6 +175,7 @@ class BlockMask:
         narrow_col_blocks: int = 0,
         across_row_blocks: int = 0,
         across_col_blocks: int = 0,
+        key_spans: int = 0,
     ):
         if (tensors is None) == (build_tensors is None):
             raise ValueError("BlockMask needs its tensors or a function that builds them, not both")
@@ -171,7 +185,7 @@ class BlockMask:
             ("max_blocks_per_col", max_blocks_per_col), ("device", torch.device(device)),
             ("is_dense", is_dense), ("narrow_row_blocks", narrow_row_blocks),
             ("narrow_col_blocks", narrow_col_blocks), ("across_row_blocks", across_row_blocks),
-            ("across_col_blocks", across_col_blocks), ("_tensors", tensors), ("_build_tensors", build_tensors), ("_copies", {}),
+            ("across_col_blocks", across_col_blocks), ("key_spans", key_spans), ("_tensors", tensors), ("_build_tensors", build_tensors), ("_copies", {}),
         ):  # fmt: skip
             object.__setattr__(self, name, value)
 
@@ -284,18 +298,25 @@ class BlockMask:
             self._copies[device] = self._copy_to(device)
         return self._copies[device]
 
-    def _copy_to(self, device: torch.device) -> BlockMask:
+    def without_key_spans(self) -> BlockMask:
+        """The same mask with ``key_spans`` 0, so that the kernels load its uint8 tiles rather than
+        compare with key spans: for tests and same-run timings of the two."""
+        return self._copy_to(self.device, key_spans=0)
+
+    def _copy_to(self, device: torch.device, **changes) -> BlockMask:
         if self._tensors is None:
             moved = {"build_tensors": lambda: {k: v.to(device) for k, v in self._build_tensors().items()}}
         else:
             moved = {"tensors": {k: v.to(device) for k, v in self._tensors.items()}}
-        return BlockMask(
+        fields = dict(
             pattern=self.pattern, q_len=self.q_len, kv_len=self.kv_len, block_m=self.block_m,
             block_n=self.block_n, allowed_pairs=self.allowed_pairs, max_blocks_per_row=self.max_blocks_per_row,
             max_blocks_per_col=self.max_blocks_per_col, device=device, is_dense=self.is_dense,
             narrow_row_blocks=self.narrow_row_blocks, narrow_col_blocks=self.narrow_col_blocks,
-            across_row_blocks=self.across_row_blocks, across_col_blocks=self.across_col_blocks, **moved,
+            across_row_blocks=self.across_row_blocks, across_col_blocks=self.across_col_blocks,
+            key_spans=self.key_spans,
         )  # fmt: skip
+        return BlockMask(**{**fields, **changes}, **moved)
 
     def __str__(self) -> str:
         head = (
@@ -438,6 +459,29 @@ def _narrow_windows(allowed_lines: np.ndarray, block: int) -> np.ndarray:
     return windows
 
 
+def _key_spans(tiles: np.ndarray) -> tuple[int, np.ndarray]:
+    """The tiles as runs of allowed keys per row (see BlockMask): ``(key_spans, spans)`` with spans
+    int32 ``(n_tiles, block_m, key_spans, 2)``, or ``(0, empty)`` when some row has more than
+    KEY_SPAN_LIMIT runs (or there are no tiles)."""
+    n_tiles, block_m, _ = tiles.shape
+    previous = np.zeros_like(tiles)
+    previous[..., 1:] = tiles[..., :-1]
+    following = np.zeros_like(tiles)
+    following[..., :-1] = tiles[..., 1:]
+    firsts, lasts = tiles & ~previous, tiles & ~following  # each run's first and last key
+    n_spans = int(np.count_nonzero(firsts, axis=2).max(initial=0))
+    if n_spans == 0 or n_spans > KEY_SPAN_LIMIT:
+        return 0, np.zeros(0, dtype=np.int32)
+    tile, row, first = np.nonzero(firsts)  # row-major: each row's runs in key order
+    last = np.nonzero(lasts)[2]  # the same runs, in the same order
+    line = tile * block_m + row
+    rank = np.arange(line.size) - np.searchsorted(line, line)  # which run of its row
+    spans = np.zeros((n_tiles, block_m, n_spans, 2), dtype=np.int32)
+    spans[tile, row, rank, 0] = first
+    spans[tile, row, rank, 1] = last + 1
+    return n_spans, spans
+
+
 def _across_blocks(major: np.ndarray, windows: np.ndarray, eligible: np.ndarray, n_major: int):
     """Blocks narrow across their line: for each line (``major``), its most common window among
     the ``eligible`` blocks that have one (``windows`` >= 0), and which blocks have that window.
@@ -520,6 +564,7 @@ def _build_tensors(pattern: Pattern, geometry: TileGeometry, device: torch.devic
     rows, cols, classes, tile_of_block, tiles = _refine_partial(pattern, geometry, rows, cols, classes)
     arrays = {}
     summary_counts = {"kv": 0, "q": 0, "across_kv": 0, "across_q": 0}
+    key_spans, arrays["tile_key_spans"] = _key_spans(tiles)
     for kind, name in ((FULL, "full"), (PARTIAL, "partial")):
         selected = classes == kind
         block_rows, block_cols, block_tiles = rows[selected], cols[selected], tile_of_block[selected]
@@ -559,7 +604,7 @@ def _build_tensors(pattern: Pattern, geometry: TileGeometry, device: torch.devic
         longest[name] = int(work.max(initial=0))
     names = [name for name in _TENSOR_NAMES if name != "tiles"]
     # One host buffer and one copy: on a GPU each separate copy would cost a launch and a sync.
-    flat = torch.from_numpy(np.concatenate([arrays[name] for name in names]).astype(np.int32))
+    flat = torch.from_numpy(np.concatenate([arrays[name].ravel() for name in names]).astype(np.int32))
     tensors = dict(zip(names, torch.split(flat.to(device), [arrays[name].size for name in names])))
     tensors["tiles"] = torch.from_numpy(tiles.astype(np.uint8)).to(device)
     summary = dict(
@@ -570,6 +615,7 @@ def _build_tensors(pattern: Pattern, geometry: TileGeometry, device: torch.devic
         narrow_col_blocks=summary_counts["q"],
         across_row_blocks=summary_counts["across_kv"],
         across_col_blocks=summary_counts["across_q"],
+        key_spans=key_spans,
     )
     return tensors, summary
 

@@ -130,6 +130,35 @@ def test_narrow_lists_keep_the_exact_mask():
     assert torch.equal(mask.to_dense_mask(), parse(text).dense_mask(700, 700))
 
 
+def tiles_from_key_spans(mask) -> torch.Tensor:
+    """bool (n_tiles, block_m, block_n): each row's allowed keys rebuilt from its key spans."""
+    spans = mask.tile_key_spans.view(mask.n_tiles, mask.block_m, mask.key_spans, 2)
+    keys = torch.arange(mask.block_n)
+    first, end = spans[..., 0, None], spans[..., 1, None]  # (n_tiles, block_m, key_spans, 1)
+    return ((keys >= first) & (keys < end)).any(dim=2)
+
+
+@pytest.mark.parametrize(
+    "text, q_len, kv_len, block, key_spans",
+    [
+        ("local(100) & causal", 1000, 1000, 128, 1),  # diagonal and window edge: one run a row
+        ("causal", 300, 250, 64, 1),  # ends cut the tiles
+        ("local(40) + global(4)", 300, 300, 64, 2),  # a band row beside the global column
+        ("local(8) + strided(64)", 500, 500, 64, 2),  # a band and a stride point
+        ("strided(8)", 100, 100, 32, 0),  # 4 stride points a row: the kernels load the tiles
+    ],
+)
+def test_key_spans_rebuild_every_tile(text, q_len, kv_len, block, key_spans):
+    mask = compile_mask(text, q_len, kv_len, block_m=block, block_n=block)
+    assert mask.key_spans == key_spans
+    if key_spans:
+        assert mask.tile_key_spans.dtype == torch.int32
+        assert torch.equal(tiles_from_key_spans(mask), mask.tiles.bool())
+    else:
+        assert mask.tile_key_spans.numel() == 0
+    assert mask.without_key_spans().key_spans == 0
+
+
 def test_lists_are_int32_and_tiles_uint8():
     mask = compile_mask("local(30) + global(4)", 200, block_m=32, block_n=32)
     for name in ("full_kv_offsets", "full_kv_indices", "partial_kv_indices", "partial_kv_tiles", "full_q_indices"):
@@ -320,6 +349,8 @@ def test_random_trees_compile_exactly(text, q_len, kv_len, block_m, block_n):
     assert torch.equal(mask.to_dense(), reference_block_classes(exact, block_m, block_n))
     assert torch.equal(mask.to_dense_mask(), exact)
     assert mask.allowed_pairs == int(exact.sum())
+    if mask.key_spans:
+        assert torch.equal(tiles_from_key_spans(mask), mask.tiles.bool())
 
 
 @pytest.mark.parametrize("text", ["dense", "local(30) + global(4)", "butterfly(16)", "causal - local(10)"])

@@ -115,6 +115,26 @@ def test_narrow_blocks_match_the_oracle(case, tile, split_blocks, skip_across, m
     check_kernels_against_oracle(q, k, v, dout, mask, allowed, split_blocks=split_blocks, tile=tile)
 
 
+# Partial steps mask their scores by comparing keys with each row's key spans (one run a row, or
+# two), or by loading the uint8 tile: both against the oracle, in all three kernels, with kernel
+# tiles smaller than the mask's blocks (the spans are read from inside the tile) and odd ends.
+@pytest.mark.parametrize("tile_loads", [False, True], ids=["key-spans", "tile-loads"])
+@pytest.mark.parametrize(
+    "pattern, q_len, kv_len, key_spans",
+    [("local(50) & causal", 190, 170, 1), ("local(20) + global(3)", 150, 150, 2), ("local(6) + strided(40)", 130, 130, 2)],
+)
+def test_key_spans_and_tile_loads_match_the_oracle(pattern, q_len, kv_len, key_spans, tile_loads, monkeypatch):
+    monkeypatch.setattr(kernels, "POISON_OUTPUTS", True)
+    mask = sparseflash.compile_mask(pattern, q_len, kv_len, block_m=64, block_n=64)
+    assert mask.key_spans == key_spans
+    if tile_loads:
+        mask = mask.without_key_spans()
+    gen = torch.Generator().manual_seed(q_len + kv_len)
+    q, dout = (torch.randn(1, 2, q_len, 16, generator=gen) for _ in range(2))
+    k, v = (torch.randn(1, 2, kv_len, 16, generator=gen) for _ in range(2))
+    check_kernels_against_oracle(q, k, v, dout, mask, sparseflash.parse(pattern).dense_mask(q_len, kv_len), tile=32)
+
+
 @pytest.mark.parametrize("split_blocks", [1, 2, 5, 8])
 def test_split_plan_covers_every_line_once(split_blocks):
     mask = sparseflash.compile_mask("local(50) + global(7) + strided(90)", 700, 650, block_m=32, block_n=32)
