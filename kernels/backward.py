@@ -38,6 +38,7 @@ from .common import (
     default_backward_config,
     dot_precision,
     head_dim_padded,
+    key_span_count,
     launch_grid,
     load_rows,
     load_tile_mask,
@@ -643,7 +644,7 @@ def attention_backward(
             USE_TMA=tma_columns,
             WALK=DKDV_WALK,
             SKIP_ACROSS=DKDV_SKIP_ACROSS,
-            KEY_SPANS=mask.key_spans,
+            KEY_SPANS=key_span_count(config, mask),
             HAS_NARROW=not mask.is_dense and mask.narrow_col_blocks + mask.across_col_blocks > 0,
             **common,
         )  # fmt: skip
@@ -669,7 +670,7 @@ def attention_backward(
             USE_TMA=tma_rows,
             WALK=DQ_WALK,
             SKIP_ACROSS=DQ_SKIP_ACROSS,
-            KEY_SPANS=mask.key_spans,
+            KEY_SPANS=key_span_count(config, mask),
             HAS_NARROW=not mask.is_dense and mask.narrow_row_blocks + mask.across_row_blocks > 0,
             **common,
         )  # fmt: skip

@@ -133,6 +133,7 @@ class ForwardConfig:
     split_blocks: int | None = None  # split lines longer than this (split.py); None: auto, 0: never
     tma: bool | str | None = None  # tile loads through tensor descriptors: None auto, False, True/'host', 'device' (tma_mode)
     list_slots: int | None = None  # block lists read this many entries at a time into registers; None/0: per step
+    key_spans: bool = False  # mask partial steps by the mask's key spans where it has them, not by loading tiles
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,12 @@ class BackwardConfig:
     full_runs: bool | None = None  # walk full blocks as runs; None: walk_full_blocks_as_runs decides
     split_blocks: int | None = None  # split lines longer than this (split.py); None: auto, 0: never
     tma: bool | str | None = None  # tile loads through tensor descriptors: None auto, False, True/'host', 'device' (tma_mode)
+    key_spans: bool = False  # mask partial steps by the mask's key spans where it has them, not by loading tiles
+
+
+def key_span_count(config, mask) -> int:
+    """The kernels' KEY_SPANS: the mask's ``key_spans`` when the config asks for them, else 0 (load tiles)."""
+    return mask.key_spans if config.key_spans and not mask.is_dense else 0
 
 
 # Measured on an H200 (bf16, benchmarks/tune_kernels.py, 2026-11-21; results in
@@ -193,14 +200,16 @@ for _rows in ("dense", "long", "short"):
     BACKWARD_DEFAULTS[128, False, _rows] = BackwardConfig(32, 32, 32, 32, num_warps=4, num_stages=1)
     BACKWARD_DEFAULTS[256, False, _rows] = BackwardConfig(16, 16, 16, 16, num_warps=4, num_stages=1)
 
-# Short rows of full blocks only, at D=128 (16-bit): 128 x 64 tiles at 4 warps fit two programs on
-# one SM (255 registers, 96 KB of shared memory), so one program's prologue and epilogue overlap the
-# other's tiles; the default 128 x 128 at 8 warps fits one. H200, Triton 3.6, same run
-# (benchmarks/occupancy.py, results/occupancy.json): butterfly(128) 0.775 -> 0.728 ms at 32k,
-# 3.877 -> 3.653 ms at 128k. Not for masks with partial blocks: their loop costs ~40 more
-# registers a thread and spills at 4 warps (local(1k) & causal 0.841 -> 0.858 ms, local(256)+global(4)
-# 0.796 -> 2.034 ms); nor under one long row, which a 4-warp program walks about twice as slowly.
-SHORT_FULL_BLOCK_FORWARD = {(128, True): ForwardConfig(128, 64, num_warps=4, num_stages=2, list_slots=16)}
+# Short rows at D=128 (16-bit): 128 x 64 tiles at 4 warps fit two programs on one SM (255 registers,
+# 96 KB of shared memory), so one program's prologue and epilogue overlap the other's tiles; the
+# default 128 x 128 at 8 warps fits one. H200, Triton 3.6, same run (benchmarks/occupancy.py,
+# results/occupancy.json): butterfly(128) 0.775 -> 0.728 ms at 32k, 3.877 -> 3.653 ms at 128k.
+# Partial blocks loaded as uint8 tiles cost ~40 more registers a thread and spill at 4 warps
+# (local(1k) & causal 0.841 -> 0.858 ms); masked by one key span a row they do not:
+# local(1k) & causal at 32k 0.775 -> 0.712-0.717 ms (benchmarks/experiments/key_spans.py,
+# results/key_spans.json). Not under one long row, which a 4-warp program walks about twice as
+# slowly (local(256)+global(4) 0.796 -> 2.034 ms), nor with two spans a row (unmeasured here).
+TWO_PER_SM_FORWARD = {(128, True): ForwardConfig(128, 64, num_warps=4, num_stages=2, list_slots=16, key_spans=True)}
 
 # Rows with at least this many keys in non-empty blocks on average count as long (16 blocks of 128).
 # Counted in keys, not blocks: 64x64 masks of `local(1k) & causal` once crossed a 16-block line
@@ -288,8 +297,8 @@ def fit_tile(wanted: int, mask_block: int, length: int) -> int:
 def default_forward_config(head_dim_padded, dtype, mask) -> ForwardConfig:
     key = _table_key(head_dim_padded, dtype, row_class(mask))
     base = FORWARD_DEFAULTS[key]
-    if key[2] == "short" and mask.n_partial == 0 and not has_long_lines(mask, by_rows=True):
-        base = SHORT_FULL_BLOCK_FORWARD.get(key[:2], base)
+    if key[2] == "short" and (mask.n_partial == 0 or mask.key_spans == 1) and not has_long_lines(mask, by_rows=True):
+        base = TWO_PER_SM_FORWARD.get(key[:2], base)
     return replace(
         base,
         block_m=fit_tile(base.block_m, mask.block_m, mask.q_len),

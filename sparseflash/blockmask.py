@@ -105,9 +105,9 @@ class BlockMask:
     *Key spans*: when every row of every tile allows at most ``KEY_SPAN_LIMIT`` runs of consecutive
     keys, ``key_spans`` is the most any row has (1 or 2) and ``tile_key_spans`` int32, flat
     ``(n_tiles, block_m, key_spans, 2)``, gives each row's runs as [first, end) key offsets within
-    the block (an unused run is [0, 0)): the kernels then compute a partial step's mask from two
-    (four) comparisons instead of loading its uint8 tile. ``key_spans`` is 0 otherwise, and for
-    ``dense``.
+    the block (an unused run is [0, 0)): kernels configured for them (``key_spans`` in their
+    config) compute a partial step's mask from two (four) comparisons instead of loading its uint8
+    tile. ``key_spans`` is 0 otherwise, and for ``dense``.
 
     The full blocks again as runs of consecutive blocks, which is how the kernels walk them (a
     run's key offsets are affine in the loop counter, so K and V can be prefetched): row ``m``'s runs
@@ -298,25 +298,19 @@ class BlockMask:
             self._copies[device] = self._copy_to(device)
         return self._copies[device]
 
-    def without_key_spans(self) -> BlockMask:
-        """The same mask with ``key_spans`` 0, so that the kernels load its uint8 tiles rather than
-        compare with key spans: for tests and same-run timings of the two."""
-        return self._copy_to(self.device, key_spans=0)
-
-    def _copy_to(self, device: torch.device, **changes) -> BlockMask:
+    def _copy_to(self, device: torch.device) -> BlockMask:
         if self._tensors is None:
             moved = {"build_tensors": lambda: {k: v.to(device) for k, v in self._build_tensors().items()}}
         else:
             moved = {"tensors": {k: v.to(device) for k, v in self._tensors.items()}}
-        fields = dict(
+        return BlockMask(
             pattern=self.pattern, q_len=self.q_len, kv_len=self.kv_len, block_m=self.block_m,
             block_n=self.block_n, allowed_pairs=self.allowed_pairs, max_blocks_per_row=self.max_blocks_per_row,
             max_blocks_per_col=self.max_blocks_per_col, device=device, is_dense=self.is_dense,
             narrow_row_blocks=self.narrow_row_blocks, narrow_col_blocks=self.narrow_col_blocks,
             across_row_blocks=self.across_row_blocks, across_col_blocks=self.across_col_blocks,
-            key_spans=self.key_spans,
+            key_spans=self.key_spans, **moved,
         )  # fmt: skip
-        return BlockMask(**{**fields, **changes}, **moved)
 
     def __str__(self) -> str:
         head = (

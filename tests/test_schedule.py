@@ -127,12 +127,10 @@ def test_key_spans_and_tile_loads_match_the_oracle(pattern, q_len, kv_len, key_s
     monkeypatch.setattr(kernels, "POISON_OUTPUTS", True)
     mask = sparseflash.compile_mask(pattern, q_len, kv_len, block_m=64, block_n=64)
     assert mask.key_spans == key_spans
-    if tile_loads:
-        mask = mask.without_key_spans()
     gen = torch.Generator().manual_seed(q_len + kv_len)
     q, dout = (torch.randn(1, 2, q_len, 16, generator=gen) for _ in range(2))
     k, v = (torch.randn(1, 2, kv_len, 16, generator=gen) for _ in range(2))
-    check_kernels_against_oracle(q, k, v, dout, mask, sparseflash.parse(pattern).dense_mask(q_len, kv_len), tile=32)
+    check_kernels_against_oracle(q, k, v, dout, mask, sparseflash.parse(pattern).dense_mask(q_len, kv_len), tile=32, key_spans=not tile_loads)
 
 
 @pytest.mark.parametrize("split_blocks", [1, 2, 5, 8])
@@ -226,12 +224,12 @@ def test_list_slots_must_be_a_power_of_two():
 
 
 def check_kernels_against_oracle(
-    q, k, v, dout, mask, allowed, schedule=Schedule(), full_runs=None, split_blocks=0, tma=False, tile=16
+    q, k, v, dout, mask, allowed, schedule=Schedule(), full_runs=None, split_blocks=0, tma=False, tile=16, key_spans=False
 ):
     scale = q.shape[-1] ** -0.5
-    forward_config = ForwardConfig(tile, tile, 4, 1, schedule, full_runs, split_blocks, tma)
+    forward_config = ForwardConfig(tile, tile, 4, 1, schedule, full_runs, split_blocks, tma, key_spans=key_spans)
     out, lse = attention_forward(q, k, v, mask, scale, config=forward_config)
-    backward_config = BackwardConfig(tile, tile, tile, tile, 4, 1, schedule, full_runs, split_blocks, tma)
+    backward_config = BackwardConfig(tile, tile, tile, tile, 4, 1, schedule, full_runs, split_blocks, tma, key_spans=key_spans)
     dq, dk, dv = attention_backward(dout, q, k, v, out, lse, mask, scale, config=backward_config)
     leaves = [t.clone().double().requires_grad_(True) for t in (q, k, v)]
     ref_out, ref_lse = reference_attention(*leaves, allowed)
@@ -308,19 +306,21 @@ def test_host_descriptors_where_measured_faster(pattern, forward, dq, dkdv):
     assert prefer_host_descriptors(mask, by_rows=False, backward=True) == dkdv
 
 
-# The measured config rule (common.SHORT_FULL_BLOCK_FORWARD): short rows of full blocks only get
-# the two-programs-per-SM forward tile at D=128; partial blocks or one long row keep the default.
+# The measured config rule (common.TWO_PER_SM_FORWARD): short rows of full blocks, or of partial
+# ones masked by one key span a row, get the two-programs-per-SM forward tile at D=128; two spans a
+# row or one long row keep the default.
 @pytest.mark.parametrize(
     "pattern, two_per_sm",
-    [("butterfly(128)", True), ("chunk(512)", True), ("local(1k) & causal", False), ("local(256)+global(4)", False),
-     ("global(128) + chunk(256)", False), ("dense", False), ("causal", False)],
+    [("butterfly(128)", True), ("chunk(512)", True), ("local(1k) & causal", True), ("local(256)", True),
+     ("local(256)+global(4)", False), ("local(256)+sink(4)", False), ("global(128) + chunk(256)", False),
+     ("dense", False), ("causal", False)],
 )  # fmt: skip
-def test_short_full_block_rows_get_the_two_per_sm_forward(pattern, two_per_sm):
-    from sparseflash.kernels.common import SHORT_FULL_BLOCK_FORWARD, default_forward_config
+def test_short_rows_get_the_two_per_sm_forward_where_measured_faster(pattern, two_per_sm):
+    from sparseflash.kernels.common import TWO_PER_SM_FORWARD, default_forward_config
 
     mask = sparseflash.compile_mask(pattern, 32768)
     config = default_forward_config(128, torch.bfloat16, mask)
-    assert (config == SHORT_FULL_BLOCK_FORWARD[128, True]) == two_per_sm
+    assert (config == TWO_PER_SM_FORWARD[128, True]) == two_per_sm
     # Never at other head dims or in float32.
-    assert default_forward_config(64, torch.bfloat16, mask) != SHORT_FULL_BLOCK_FORWARD[128, True]
-    assert default_forward_config(128, torch.float32, mask) != SHORT_FULL_BLOCK_FORWARD[128, True]
+    assert default_forward_config(64, torch.bfloat16, mask) != TWO_PER_SM_FORWARD[128, True]
+    assert default_forward_config(128, torch.float32, mask) != TWO_PER_SM_FORWARD[128, True]

@@ -1,12 +1,12 @@
 """Same-run A/B: partial steps masked by comparing keys with each row's key spans
-(``BlockMask.tile_key_spans``) against loading the uint8 tile, per kernel; and, for the forward of
-masks with partial blocks, the 4-warp 128 x 64 tiles that fit two programs on an SM
-(``common.SHORT_FULL_BLOCK_FORWARD``) against the default.
+(``BlockMask.tile_key_spans``, the configs' ``key_spans=True``) against loading the uint8 tile, per
+kernel, with the default tiles and with others.
 
     python benchmarks/experiments/key_spans.py     # on a GPU; writes results/key_spans.json
 
-"tiles" is the same mask with ``key_spans`` 0 (``BlockMask.without_key_spans``), which is how the
-kernels masked every partial step before.
+Runs: ``results/key_spans_1.json`` (first run: every kernel with spans against tiles, default tiles,
+and the 4-warp 128 x 64 forward) and ``results/key_spans.json`` (this script: forward and backward
+tiles around the chosen ones).
 """
 
 from __future__ import annotations
@@ -21,40 +21,53 @@ import sparseflash  # noqa: E402
 from line_costs import kernel_times  # noqa: E402
 from results_file import save_results  # noqa: E402
 from sparseflash.kernels.backward import attention_backward  # noqa: E402
-from sparseflash.kernels.common import SHORT_FULL_BLOCK_FORWARD  # noqa: E402
+from sparseflash.kernels.common import BackwardConfig, ForwardConfig, default_backward_config, default_forward_config  # noqa: E402
 from sparseflash.kernels.forward import attention_forward  # noqa: E402
 
 CASES = [  # (pattern, N, D, heads)
     ("local(1k) & causal", 32768, 128, 16),
-    ("local(1k) & causal", 32768, 64, 32),
-    ("local(256)+global(4)", 32768, 128, 16),
-    ("strided(256)+local(128)", 8192, 128, 16),
+    ("local(1k) & causal", 131072, 128, 16),
+    ("local(256)", 32768, 128, 16),
 ]
+FORWARD = {
+    "8w 128x128 tiles": ForwardConfig(128, 128, 8, 2, list_slots=16),
+    "8w 128x128 spans": ForwardConfig(128, 128, 8, 2, list_slots=16, key_spans=True),
+    "4w 128x64 tiles": ForwardConfig(128, 64, 4, 2, list_slots=16),
+    "4w 128x64 spans": ForwardConfig(128, 64, 4, 2, list_slots=16, key_spans=True),
+    "4w 128x64 spans 3st": ForwardConfig(128, 64, 4, 3, list_slots=16, key_spans=True),
+    "4w 128x64 spans noslots": ForwardConfig(128, 64, 4, 2, key_spans=True),
+    "4w 64x64 spans": ForwardConfig(64, 64, 4, 2, list_slots=16, key_spans=True),
+}
+BACKWARD = {
+    "4w 64/64 tiles": BackwardConfig(64, 64, 64, 64, 4, 2),
+    "4w 64/64 spans": BackwardConfig(64, 64, 64, 64, 4, 2, key_spans=True),
+    "8w 64x128/128x64 tiles": BackwardConfig(64, 128, 128, 64, 8, 2),
+    "8w 64x128/128x64 spans": BackwardConfig(64, 128, 128, 64, 8, 2, key_spans=True),
+    "4w 64/64 3st tiles": BackwardConfig(64, 64, 64, 64, 4, 3),
+}
 
 
 def main() -> None:
     rows = []
-    two_per_sm = SHORT_FULL_BLOCK_FORWARD[128, True]
     for pattern, n, head_dim, heads in CASES:
         q, k, v, dout = (torch.randn(1, heads, n, head_dim, device="cuda", dtype=torch.bfloat16) for _ in range(4))
         scale = head_dim**-0.5
         mask = sparseflash.compile_mask(pattern, n, device="cuda")
-        variants = {"tiles": (mask.without_key_spans(), None), "spans": (mask, None)}
-        if head_dim == 128 and "global" not in pattern:
-            variants["tiles 4w"] = (mask.without_key_spans(), two_per_sm)
-            variants["spans 4w"] = (mask, two_per_sm)
-        reference, _ = attention_forward(q, k, v, mask.without_key_spans(), scale)
+        print(f"{pattern} {n // 1024}k: key_spans {mask.key_spans}, default forward {default_forward_config(head_dim, q.dtype, mask)}, backward {default_backward_config(head_dim, q.dtype, mask)}")
+        reference, lse = attention_forward(q, k, v, mask, scale, config=FORWARD["8w 128x128 tiles"])
         for repeat in range(2):
-            for name, (m, config) in variants.items():
-                out, lse = attention_forward(q, k, v, m, scale, config=config)
-                assert torch.equal(out, reference) or (out - reference).abs().max() < 2e-2, f"{pattern} {name}: outputs differ"
-                times = kernel_times(lambda: attention_forward(q, k, v, m, scale, config=config))
-                if config is None:
-                    times.update(kernel_times(lambda: attention_backward(dout, q, k, v, out, lse, m, scale)))
-                row = {"pattern": pattern, "n": n, "head_dim": head_dim, "heads": heads, "variant": name, "repeat": repeat, "key_spans": mask.key_spans}
-                row.update({f"{key}_ms": t for key, t in times.items()})
-                print(f"{pattern:<24} {n // 1024}k D{head_dim} {name:<9} " + "  ".join(f"{key} {t:6.3f}" for key, t in times.items()), flush=True)
-                rows.append(row)
+            for kernel, configs in (("forward", FORWARD), ("backward", BACKWARD)):
+                for name, config in configs.items():
+                    if kernel == "forward":
+                        out, _ = attention_forward(q, k, v, mask, scale, config=config)
+                        assert (out.float() - reference.float()).abs().max() < 2e-2, f"{pattern} {name}: outputs differ"
+                        times = kernel_times(lambda: attention_forward(q, k, v, mask, scale, config=config))
+                    else:
+                        times = kernel_times(lambda: attention_backward(dout, q, k, v, reference, lse, mask, scale, config=config))
+                    row = {"pattern": pattern, "n": n, "head_dim": head_dim, "heads": heads, "kernel": kernel, "variant": name, "repeat": repeat}
+                    row.update({f"{key}_ms": t for key, t in times.items()})
+                    print(f"{pattern:<20} {n // 1024}k {name:<26} " + "  ".join(f"{key} {t:6.3f}" for key, t in times.items()), flush=True)
+                    rows.append(row)
     save_results("key_spans", {"rows": rows})
 
 
