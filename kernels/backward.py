@@ -1,8 +1,9 @@
-"""Block-sparse FlashAttention backward: preprocess, dK/dV and dQ, deterministic (no atomics).
+"""Block-sparse FlashAttention backward: dQ (which also computes delta), then dK/dV; deterministic
+(no atomics).
 
 Notation: see ``common.py``. With ``s = scale * q . k`` on allowed pairs, ``p = exp(s - lse)``:
 
-    delta[i] = sum_d dO[i, d] * O[i, d]  -  dlse[i]                  (preprocess, [BLOCK_M])
+    delta[i] = sum_d dO[i, d] * O[i, d]  -  dlse[i]                  (in dQ, [BLOCK_M])
     dS[i, j] = p[i, j] * (dO[i] . v[j] - delta[i])
     dV[j]    = sum_i p[i, j] * dO[i]          dK[j] = scale * sum_i dS[i, j] * q[i]
     dQ[i]    = scale * sum_j dS[i, j] * k[j]
@@ -14,6 +15,7 @@ Notation: see ``common.py``. With ``s = scale * q . k`` on allowed pairs, ``p = 
   mask (full query blocks, then partial ones) in BLOCK_M1-row steps. Each dK/dV row is written by
   exactly one program: no atomics, the same bits on every run.
 - dQ: one program per (kernel query tile, batch * q head) walking the query block's row of the mask.
+  It runs first: it computes its rows' delta and stores it for dK/dV (``DELTA_IN_DQ``).
 
 [Note] Probabilities are recomputed from the saved lse in base 2: ``p = exp2(s2 - lse * log2(e))``
 with ``s2 = q.k * scale * log2(e)``. A fully masked row has lse = -inf; there it is replaced by
@@ -85,6 +87,11 @@ DQ_WALK = WALK_FORWARD.value
 DKDV_SKIP_ACROSS = True
 DQ_SKIP_ACROSS = False
 
+# Whether the dQ kernel computes delta = rowsum(O * dO) itself (each program for its own rows, from
+# the dO tile it loads anyway) and runs before dK/dV, which reads it, instead of a preprocess pass
+# over O and dO before both: one launch and one read of dO fewer.
+DELTA_IN_DQ = True
+
 
 @triton.jit
 def _preprocess_kernel(
@@ -107,12 +114,18 @@ def _preprocess_kernel(
     do_base = DOut + tl.cast(batch, tl.int64) * stride_dob + tl.cast(head, tl.int64) * stride_doh
     o = load_rows(o_base, start_m, offs_m, offs_d, stride_om, stride_od, q_len, True, HEAD_DIM, HEAD_DIM_PADDED)
     do = load_rows(do_base, start_m, offs_m, offs_d, stride_dom, stride_dod, q_len, True, HEAD_DIM, HEAD_DIM_PADDED)
-    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # [BLOCK_M]
     in_bounds = (start_m + offs_m) < q_len
     row_offsets = tl.cast(batch_head, tl.int64) * q_len + start_m + offs_m
+    tl.store(Delta + row_offsets, _delta(o, do, Dlse, row_offsets, in_bounds, HAS_DLSE), mask=in_bounds)
+
+
+@triton.jit
+def _delta(o, do, Dlse, row_offsets, in_bounds, HAS_DLSE: tl.constexpr):
+    """delta = rowsum(O * dO) - dlse, float32 [BLOCK_M]: the softmax backward's per-row term."""
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     if HAS_DLSE:
         delta -= tl.load(Dlse + row_offsets, mask=in_bounds, other=0.0)
-    tl.store(Delta + row_offsets, delta, mask=in_bounds)
+    return delta
 
 
 @triton.jit
@@ -390,7 +403,7 @@ def _dq_step(
 
 @triton.jit
 def _attention_backward_dq_kernel(
-    Q, K, V, DOut, K_rows, V_rows, Lse, Delta, DQ, DQPart,
+    Q, K, V, DOut, K_rows, V_rows, Lse, Delta, DQ, DQPart, Out, Dlse,
     full_kv_offsets, full_kv_indices, full_kv_run_offsets, full_kv_run_starts, full_kv_run_ends,
     partial_kv_offsets, partial_kv_indices, partial_kv_tiles,
     across_kv_starts, across_kv_windows, narrow_kv_starts, tile_kv_windows, tiles, tile_key_spans,
@@ -400,6 +413,7 @@ def _attention_backward_dq_kernel(
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_dob, stride_doh, stride_dom, stride_dod,
     stride_dqb, stride_dqh, stride_dqm, stride_dqd,
+    stride_ob, stride_oh, stride_om, stride_od,
     n_q_heads, n_batch_heads, q_len, kv_len, qk_scale, scale,
     GROUP_SIZE: tl.constexpr,
     HEAD_DIM: tl.constexpr,
@@ -420,6 +434,8 @@ def _attention_backward_dq_kernel(
     NARROW: tl.constexpr,
     SKIP_ACROSS: tl.constexpr,
     KEY_SPANS: tl.constexpr,
+    DELTA_HERE: tl.constexpr,
+    HAS_DLSE: tl.constexpr,
 ):  # fmt: skip
     start_m, batch_head, item_begin, item_end, slot = program_item(
         item_lines, item_begins, item_ends, item_slots, BLOCK_M, MASK_BLOCK_M, HEAVY_FIRST, HEADS_FASTEST, SPLIT
@@ -443,7 +459,15 @@ def _attention_backward_dq_kernel(
     lse = tl.load(Lse + row_offsets, mask=in_bounds, other=float("inf"))
     # See [Note]: a row with no key (lse = -inf) or past q_len gets p = 0 everywhere.
     lse2 = tl.where(lse == float("-inf"), float("inf"), lse * _LOG2E_JIT)  # [BLOCK_M]
-    delta = tl.load(Delta + row_offsets, mask=in_bounds, other=0.0)  # [BLOCK_M]
+    if DELTA_HERE:
+        # DELTA_IN_DQ: the preprocess pass folded in; the dK/dV kernel runs after and reads it. The
+        # items of a split row all store the same values.
+        o_base = Out + tl.cast(batch, tl.int64) * stride_ob + tl.cast(q_head, tl.int64) * stride_oh
+        o = load_rows(o_base, start_m, offs_m, offs_d, stride_om, stride_od, q_len, True, HEAD_DIM, HEAD_DIM_PADDED)
+        delta = _delta(o, do, Dlse, row_offsets, in_bounds, HAS_DLSE)  # [BLOCK_M]
+        tl.store(Delta + row_offsets, delta, mask=in_bounds)
+    else:
+        delta = tl.load(Delta + row_offsets, mask=in_bounds, other=0.0)  # [BLOCK_M]
     dq = tl.zeros([BLOCK_M, HEAD_DIM_PADDED], dtype=tl.float32)
 
     if IS_DENSE:
@@ -562,7 +586,8 @@ def attention_backward(
     config: BackwardConfig | None = None,
     preprocess_block_m: int = 64,
 ):
-    """Launch the three backward kernels. Returns ``(dq, dk, dv)`` shaped and typed like q, k, v.
+    """Launch the backward kernels (dQ, which also computes delta, then dK/dV; or with DELTA_IN_DQ
+    off a preprocess pass for delta, dK/dV, dQ). Returns ``(dq, dk, dv)`` shaped and typed like q, k, v.
 
     ``out`` and ``lse`` are the forward's results; ``dlse`` (B, Hq, Lq), if given, is the gradient
     of the lse output. ``config`` overrides tiles and launch settings.
@@ -609,17 +634,9 @@ def attention_backward(
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
-    with on_device_of(q):
-        _preprocess_kernel[(triton.cdiv(q_len, preprocess_block_m), batch * n_q_heads)](
-            out, dout, dlse if dlse is not None else delta, delta,
-            *out.stride(), *dout.stride(),
-            n_q_heads, q_len,
-            HAS_DLSE=dlse is not None,
-            HEAD_DIM=head_dim,
-            HEAD_DIM_PADDED=padded,
-            BLOCK_M=preprocess_block_m,
-        )  # fmt: skip
+    dlse_or_none = dlse if dlse is not None else delta  # a pointer the kernels ignore without HAS_DLSE
 
+    def dkdv_pass():
         column_plan = plan_for(config, mask, column_schedule, batch * n_kv_heads, q.device, by_rows=False)
         dkdv_grid = launch_grid(
             kv_len, config.block_n1, mask.block_n, batch * n_kv_heads, column_schedule, mask.is_dense, column_plan
@@ -652,15 +669,16 @@ def attention_backward(
             merge_sum(column_plan, dk_part, dk, mask.block_n)
             merge_sum(column_plan, dv_part, dv, mask.block_n)
 
+    def dq_pass(delta_here: bool):
         row_plan = plan_for(config, mask, row_schedule, batch * n_q_heads, q.device, by_rows=True)
         dq_grid = launch_grid(q_len, config.block_m2, mask.block_m, batch * n_q_heads, row_schedule, mask.is_dense, row_plan)
         dq_part = new_scratch(row_plan, batch * n_q_heads, mask.block_m, padded, q.device) if row_plan is not None else dq
         row_lists = row_list_arguments(mask, q.device)
         _attention_backward_dq_kernel[dq_grid](
             q, k_tiles, v_tiles, dout, k, v,
-            lse, delta, dq, dq_part,
+            lse, delta, dq, dq_part, out, dlse_or_none,
             *row_lists[:-1], *item_arguments(row_plan, row_lists[-1]),
-            *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(),
+            *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(), *out.stride(),
             n_q_heads, batch * n_q_heads, q_len, kv_len, scale * LOG2E, scale,
             BLOCK_M=config.block_m2,
             BLOCK_N=config.block_n2,
@@ -672,8 +690,27 @@ def attention_backward(
             SKIP_ACROSS=DQ_SKIP_ACROSS,
             KEY_SPANS=key_span_count(config, mask),
             HAS_NARROW=not mask.is_dense and mask.narrow_row_blocks + mask.across_row_blocks > 0,
+            DELTA_HERE=delta_here,
+            HAS_DLSE=dlse is not None,
             **common,
         )  # fmt: skip
         if row_plan is not None:
             merge_sum(row_plan, dq_part, dq, mask.block_m)
+
+    with on_device_of(q):
+        if DELTA_IN_DQ:
+            dq_pass(delta_here=True)
+            dkdv_pass()
+        else:
+            _preprocess_kernel[(triton.cdiv(q_len, preprocess_block_m), batch * n_q_heads)](
+                out, dout, dlse_or_none, delta,
+                *out.stride(), *dout.stride(),
+                n_q_heads, q_len,
+                HAS_DLSE=dlse is not None,
+                HEAD_DIM=head_dim,
+                HEAD_DIM_PADDED=padded,
+                BLOCK_M=preprocess_block_m,
+            )  # fmt: skip
+            dkdv_pass()
+            dq_pass(delta_here=False)
     return dq, dk, dv

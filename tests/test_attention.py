@@ -126,6 +126,21 @@ def test_pattern_fp32(pattern, q_len, kv_len):
     assert (out.double() - reference).abs().max().item() < 1e-5
 
 
+# delta = rowsum(O * dO) - dlse computed by the dQ kernel (the default) or by a preprocess pass,
+# with fully masked rows (their delta is 0) and split rows (several dQ programs store it).
+@pytest.mark.parametrize("delta_in_dq", [True, False], ids=["delta-in-dq", "preprocess"])
+@pytest.mark.parametrize("pattern", ["causal - local(10)", "local(20)+global(4)"])
+def test_delta_passes(pattern, delta_in_dq, monkeypatch):
+    import sparseflash.kernels.backward as backward_kernels
+    from sparseflash.kernels.common import BackwardConfig, ForwardConfig
+
+    monkeypatch.setattr(backward_kernels, "DELTA_IN_DQ", delta_in_dq)
+    mask = sparseflash.compile_mask(pattern, 90, 90, block_m=32, block_n=32)
+    q, k, v, dout, dlse = make_inputs(1, 2, 1, 90, 90, 32, torch.float16, seed=11)
+    run = tiled_attention(mask, ForwardConfig(16, 16, 4, 1), BackwardConfig(16, 16, 16, 16, 4, 1, split_blocks=1))
+    check_against_oracle(run, q, k, v, dout, dlse, sparseflash.parse(pattern).dense_mask(90, 90))
+
+
 # ---------------------------------------------------------------------------------------- shapes
 
 SHAPE_CASES = {
@@ -237,29 +252,33 @@ def test_explicit_block_mask():
 
 def test_kernel_tiles_smaller_than_mask_blocks():
     """Kernel tiles of 16 stepping through 64 x 32 mask blocks (sub-tiling), via the launchers."""
-    from sparseflash.kernels.backward import attention_backward
     from sparseflash.kernels.common import BackwardConfig, ForwardConfig
-    from sparseflash.kernels.forward import attention_forward
 
     pattern, q_len, kv_len = "local(20)+global(4)", 100, 120
     mask = sparseflash.compile_mask(pattern, q_len, kv_len, block_m=64, block_n=32)
     q, k, v, dout, dlse = make_inputs(1, 2, 1, q_len, kv_len, 40, torch.float16, seed=8)
-    scale = 1 / math.sqrt(40)
+    run = tiled_attention(mask, ForwardConfig(16, 16, 4, 1), BackwardConfig(16, 16, 32, 16, 4, 1))
+    check_against_oracle(run, q, k, v, dout, dlse, sparseflash.parse(pattern).dense_mask(q_len, kv_len))
+
+
+def tiled_attention(mask, forward_config, backward_config):
+    """``(q, k, v) -> (out, lse)`` through the kernel launchers with the given configs, differentiable."""
+    from sparseflash.kernels.backward import attention_backward
+    from sparseflash.kernels.forward import attention_forward
 
     class Tiled(torch.autograd.Function):
         @staticmethod
         def forward(ctx, q, k, v):
-            out, lse = attention_forward(q, k, v, mask, scale, config=ForwardConfig(16, 16, 4, 1))
+            ctx.scale = 1 / math.sqrt(q.shape[-1])
+            out, lse = attention_forward(q, k, v, mask, ctx.scale, config=forward_config)
             ctx.save_for_backward(q, k, v, out, lse)
             return out, lse
 
         @staticmethod
         def backward(ctx, dout, dlse):
-            config = BackwardConfig(16, 16, 32, 16, 4, 1)
-            return attention_backward(dout, *ctx.saved_tensors, mask, scale, dlse=dlse, config=config)
+            return attention_backward(dout, *ctx.saved_tensors, mask, ctx.scale, dlse=dlse, config=backward_config)
 
-    allowed = sparseflash.parse(pattern).dense_mask(q_len, kv_len)
-    check_against_oracle(lambda *t: Tiled.apply(*t), q, k, v, dout, dlse, allowed)
+    return lambda *t: Tiled.apply(*t)
 
 
 def test_tile_that_does_not_divide_the_mask_block_is_refused():

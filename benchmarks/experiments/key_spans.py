@@ -5,8 +5,9 @@ kernel, with the default tiles and with others.
     python benchmarks/experiments/key_spans.py     # on a GPU; writes results/key_spans.json
 
 Runs: ``results/key_spans_1.json`` (first run: every kernel with spans against tiles, default tiles,
-and the 4-warp 128 x 64 forward) and ``results/key_spans.json`` (this script: forward and backward
-tiles around the chosen ones).
+and the 4-warp 128 x 64 forward) ``results/key_spans_2.json`` (forward and backward tiles around
+the chosen ones) and ``results/key_spans.json`` (this script: with butterfly(128) and
+local(256)+global(4) forward cases).
 """
 
 from __future__ import annotations
@@ -24,10 +25,13 @@ from sparseflash.kernels.backward import attention_backward  # noqa: E402
 from sparseflash.kernels.common import BackwardConfig, ForwardConfig, default_backward_config, default_forward_config  # noqa: E402
 from sparseflash.kernels.forward import attention_forward  # noqa: E402
 
-CASES = [  # (pattern, N, D, heads)
-    ("local(1k) & causal", 32768, 128, 16),
-    ("local(1k) & causal", 131072, 128, 16),
-    ("local(256)", 32768, 128, 16),
+CASES = [  # (pattern, N, D, heads, forward variants, backward variants); None: all
+    ("local(1k) & causal", 32768, 128, 16, None, None),
+    ("local(1k) & causal", 131072, 128, 16, None, None),
+    ("local(256)", 32768, 128, 16, None, None),
+    ("butterfly(128)", 32768, 128, 16, ("4w 128x64 spans", "4w 128x64 spans noslots"), ()),
+    ("butterfly(128)", 131072, 128, 16, ("4w 128x64 spans", "4w 128x64 spans noslots"), ()),
+    ("local(256)+global(4)", 32768, 128, 16, ("8w 128x128 tiles", "4w 128x64 spans", "4w 128x64 spans noslots"), ()),
 ]
 FORWARD = {
     "8w 128x128 tiles": ForwardConfig(128, 128, 8, 2, list_slots=16),
@@ -49,15 +53,17 @@ BACKWARD = {
 
 def main() -> None:
     rows = []
-    for pattern, n, head_dim, heads in CASES:
+    for pattern, n, head_dim, heads, forward_names, backward_names in CASES:
         q, k, v, dout = (torch.randn(1, heads, n, head_dim, device="cuda", dtype=torch.bfloat16) for _ in range(4))
         scale = head_dim**-0.5
         mask = sparseflash.compile_mask(pattern, n, device="cuda")
         print(f"{pattern} {n // 1024}k: key_spans {mask.key_spans}, default forward {default_forward_config(head_dim, q.dtype, mask)}, backward {default_backward_config(head_dim, q.dtype, mask)}")
         reference, lse = attention_forward(q, k, v, mask, scale, config=FORWARD["8w 128x128 tiles"])
         for repeat in range(2):
-            for kernel, configs in (("forward", FORWARD), ("backward", BACKWARD)):
+            for kernel, configs, names in (("forward", FORWARD, forward_names), ("backward", BACKWARD, backward_names)):
                 for name, config in configs.items():
+                    if names is not None and name not in names:
+                        continue
                     if kernel == "forward":
                         out, _ = attention_forward(q, k, v, mask, scale, config=config)
                         assert (out.float() - reference.float()).abs().max() < 2e-2, f"{pattern} {name}: outputs differ"
