@@ -1,9 +1,8 @@
-"""Block-sparse FlashAttention backward: dQ (which also computes delta), then dK/dV; deterministic
-(no atomics).
+"""Block-sparse FlashAttention backward: delta, dK/dV and dQ, deterministic (no atomics).
 
 Notation: see ``common.py``. With ``s = scale * q . k`` on allowed pairs, ``p = exp(s - lse)``:
 
-    delta[i] = sum_d dO[i, d] * O[i, d]  -  dlse[i]                  (in dQ, [BLOCK_M])
+    delta[i] = sum_d dO[i, d] * O[i, d]  -  dlse[i]     (preprocess or dQ, [BLOCK_M])
     dS[i, j] = p[i, j] * (dO[i] . v[j] - delta[i])
     dV[j]    = sum_i p[i, j] * dO[i]          dK[j] = scale * sum_i dS[i, j] * q[i]
     dQ[i]    = scale * sum_j dS[i, j] * k[j]
@@ -15,7 +14,8 @@ Notation: see ``common.py``. With ``s = scale * q . k`` on allowed pairs, ``p = 
   mask (full query blocks, then partial ones) in BLOCK_M1-row steps. Each dK/dV row is written by
   exactly one program: no atomics, the same bits on every run.
 - dQ: one program per (kernel query tile, batch * q head) walking the query block's row of the mask.
-  It runs first: it computes its rows' delta and stores it for dK/dV (``DELTA_IN_DQ``).
+  For short rows it runs first, computes its rows' delta and stores it for dK/dV (``DELTA_IN_DQ``);
+  otherwise a preprocess pass computes delta before dK/dV and dQ.
 
 [Note] Probabilities are recomputed from the saved lse in base 2: ``p = exp2(s2 - lse * log2(e))``
 with ``s2 = q.k * scale * log2(e)``. A fully masked row has lse = -inf; there it is replaced by
@@ -41,6 +41,7 @@ from .common import (
     dot_precision,
     head_dim_padded,
     key_span_count,
+    row_class,
     launch_grid,
     load_rows,
     load_tile_mask,
@@ -89,8 +90,18 @@ DQ_SKIP_ACROSS = False
 
 # Whether the dQ kernel computes delta = rowsum(O * dO) itself (each program for its own rows, from
 # the dO tile it loads anyway) and runs before dK/dV, which reads it, instead of a preprocess pass
-# over O and dO before both: one launch and one read of dO fewer.
-DELTA_IN_DQ = True
+# over O and dO before both: one launch and one read of dO fewer, but an O tile more in each dQ
+# program's prologue. None: for short rows only (common.row_class). Same-run A/B, H200, whole
+# backward, two runs each, preprocess -> in dQ (benchmarks/experiments/delta_in_dq.py,
+# results/delta_in_dq.json): local(256)+global(4) 32k 1.944 / 1.966 -> 1.890 / 1.907 ms,
+# local(1k) & causal 32k 2.267 / 2.289 -> 2.261 / 2.335, butterfly(128) 32k 2.155 / 2.177 ->
+# 2.127 / 2.194; long rows lose: dense 8k 6.600 / 6.622 -> 6.739 / 6.732, causal 8k level.
+DELTA_IN_DQ = None
+
+
+def delta_in_dq(mask) -> bool:
+    """Whether this mask's backward computes delta in the dQ kernel (see DELTA_IN_DQ)."""
+    return DELTA_IN_DQ if DELTA_IN_DQ is not None else row_class(mask) == "short"
 
 
 @triton.jit
@@ -586,8 +597,8 @@ def attention_backward(
     config: BackwardConfig | None = None,
     preprocess_block_m: int = 64,
 ):
-    """Launch the backward kernels (dQ, which also computes delta, then dK/dV; or with DELTA_IN_DQ
-    off a preprocess pass for delta, dK/dV, dQ). Returns ``(dq, dk, dv)`` shaped and typed like q, k, v.
+    """Launch the backward kernels (preprocess for delta, dK/dV, dQ; or for short rows dQ, which
+    computes delta, then dK/dV: ``delta_in_dq``). Returns ``(dq, dk, dv)`` shaped and typed like q, k, v.
 
     ``out`` and ``lse`` are the forward's results; ``dlse`` (B, Hq, Lq), if given, is the gradient
     of the lse output. ``config`` overrides tiles and launch settings.
@@ -698,7 +709,7 @@ def attention_backward(
             merge_sum(row_plan, dq_part, dq, mask.block_m)
 
     with on_device_of(q):
-        if DELTA_IN_DQ:
+        if delta_in_dq(mask):
             dq_pass(delta_here=True)
             dkdv_pass()
         else:

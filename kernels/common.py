@@ -205,11 +205,15 @@ for _rows in ("dense", "long", "short"):
 # default 128 x 128 at 8 warps fits one. H200, Triton 3.6, same run (benchmarks/occupancy.py,
 # results/occupancy.json): butterfly(128) 0.775 -> 0.728 ms at 32k, 3.877 -> 3.653 ms at 128k.
 # Partial blocks loaded as uint8 tiles cost ~40 more registers a thread and spill at 4 warps
-# (local(1k) & causal 0.841 -> 0.858 ms); masked by one key span a row they do not:
-# local(1k) & causal at 32k 0.775 -> 0.712-0.717 ms (benchmarks/experiments/key_spans.py,
-# results/key_spans.json). Not under one long row, which a 4-warp program walks about twice as
-# slowly (local(256)+global(4) 0.796 -> 2.034 ms), nor with two spans a row (unmeasured here).
-TWO_PER_SM_FORWARD = {(128, True): ForwardConfig(128, 64, num_warps=4, num_stages=2, list_slots=16, key_spans=True)}
+# (local(1k) & causal 0.841 -> 0.858 ms); masked by one key span a row they do not, and then the
+# block list read per step is 1-4% faster than in registers: kernel times, same runs, 8 warps with
+# tiles -> 4 warps with spans and list slots -> without (benchmarks/experiments/key_spans.py,
+# results/key_spans_2.json, key_spans.json): local(1k) & causal 32k 0.775 -> 0.707-0.717 ->
+# 0.700-0.708 ms, 128k 3.09-3.25 -> 2.86-2.92 -> 2.78-2.81, local(256) 32k 0.52 -> 0.49 -> 0.48.
+# Not under one long row, which a 4-warp program walks 2-3x as slowly (local(256)+global(4)
+# 0.70-0.78 -> 1.85-2.32 ms), nor with two spans a row (unmeasured beyond that).
+TWO_PER_SM_FORWARD = {(128, True): ForwardConfig(128, 64, num_warps=4, num_stages=2, list_slots=16)}
+TWO_PER_SM_SPANS_FORWARD = {key: replace(config, list_slots=None, key_spans=True) for key, config in TWO_PER_SM_FORWARD.items()}
 
 # Rows with at least this many keys in non-empty blocks on average count as long (16 blocks of 128).
 # Counted in keys, not blocks: 64x64 masks of `local(1k) & causal` once crossed a 16-block line
@@ -297,8 +301,11 @@ def fit_tile(wanted: int, mask_block: int, length: int) -> int:
 def default_forward_config(head_dim_padded, dtype, mask) -> ForwardConfig:
     key = _table_key(head_dim_padded, dtype, row_class(mask))
     base = FORWARD_DEFAULTS[key]
-    if key[2] == "short" and (mask.n_partial == 0 or mask.key_spans == 1) and not has_long_lines(mask, by_rows=True):
-        base = TWO_PER_SM_FORWARD.get(key[:2], base)
+    if key[2] == "short" and not has_long_lines(mask, by_rows=True):
+        if mask.n_partial == 0:
+            base = TWO_PER_SM_FORWARD.get(key[:2], base)
+        elif mask.key_spans == 1:
+            base = TWO_PER_SM_SPANS_FORWARD.get(key[:2], base)
     return replace(
         base,
         block_m=fit_tile(base.block_m, mask.block_m, mask.q_len),

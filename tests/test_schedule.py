@@ -316,11 +316,18 @@ def test_host_descriptors_where_measured_faster(pattern, forward, dq, dkdv):
      ("dense", False), ("causal", False)],
 )  # fmt: skip
 def test_short_rows_get_the_two_per_sm_forward_where_measured_faster(pattern, two_per_sm):
-    from sparseflash.kernels.common import TWO_PER_SM_FORWARD, default_forward_config
+    from sparseflash.kernels.common import TWO_PER_SM_FORWARD, TWO_PER_SM_SPANS_FORWARD, default_forward_config
 
     mask = sparseflash.compile_mask(pattern, 32768)
+    wanted = TWO_PER_SM_FORWARD if mask.n_partial == 0 else TWO_PER_SM_SPANS_FORWARD
     config = default_forward_config(128, torch.bfloat16, mask)
-    assert (config == TWO_PER_SM_FORWARD[128, True]) == two_per_sm
+    assert (config == wanted[128, True]) == two_per_sm
+    assert config.key_spans == (two_per_sm and mask.n_partial > 0)
     # Never at other head dims or in float32.
-    assert default_forward_config(64, torch.bfloat16, mask) != TWO_PER_SM_FORWARD[128, True]
-    assert default_forward_config(128, torch.float32, mask) != TWO_PER_SM_FORWARD[128, True]
+    assert default_forward_config(64, torch.bfloat16, mask) != wanted[128, True]
+    assert default_forward_config(128, torch.float32, mask) != wanted[128, True]
+
+
+@pytest.mark.parametrize("pattern, in_dq", [("local(1k) & causal", True), ("local(256)+global(4)", True), ("causal", False), ("dense", False)])
+def test_delta_in_dq_for_short_rows_only(pattern, in_dq):
+    assert backward_kernels.delta_in_dq(sparseflash.compile_mask(pattern, 32768)) == in_dq
