@@ -1,0 +1,55 @@
+"""Where a forward + backward through ``sparseflash.attention`` (autograd, as bench_attention.py
+times it) spends its GPU time: every CUDA kernel of 20 calls, by name, beside the do_bench median.
+
+    python benchmarks/experiments/autograd_costs.py     # on a GPU; writes results/autograd_costs.json
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+import triton
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import sparseflash  # noqa: E402
+from results_file import save_results  # noqa: E402
+
+CASES = [  # (pattern, N, batch, heads, D)
+    ("butterfly(128)", 2048, 8, 16, 128),
+    ("butterfly(128)", 2048, 8, 32, 64),
+    ("local(1k) & causal", 2048, 8, 16, 128),
+]
+
+
+def main() -> None:
+    rows = []
+    for pattern, n, batch, heads, head_dim in CASES:
+        q, k, v, dout = (torch.randn(batch, heads, n, head_dim, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+        leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+
+        def closure():
+            sparseflash.attention(*leaves, pattern).backward(dout)
+
+        closure()
+        median = triton.testing.do_bench(closure, grad_to_none=leaves, warmup=25, rep=100)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for _ in range(20):
+                for t in leaves:
+                    t.grad = None
+                closure()
+            torch.cuda.synchronize()
+        kernels: dict[str, float] = {}
+        for event in prof.events():
+            if event.device_time > 0:
+                kernels[event.name[:60]] = kernels.get(event.name[:60], 0.0) + event.device_time / 1e3 / 20
+        print(f"{pattern} {n} B{batch} H{heads} D{head_dim}: do_bench {median:.3f} ms, kernels {sum(kernels.values()):.3f} ms")
+        for name, ms in sorted(kernels.items(), key=lambda item: -item[1]):
+            print(f"    {ms:7.3f}  {name}")
+        rows.append({"pattern": pattern, "n": n, "batch": batch, "heads": heads, "head_dim": head_dim, "do_bench_ms": median, "kernels_ms": kernels})
+    save_results("autograd_costs", {"rows": rows})
+
+
+if __name__ == "__main__":
+    main()
