@@ -23,8 +23,44 @@ CASES = [  # (pattern, N, batch, heads, D)
 ]
 
 
+def host_costs() -> dict:
+    """Host microseconds per forward + backward call at a tiny size (the GPU work is negligible), and
+    where a cProfile of 50 such calls spends them."""
+    import cProfile
+    import pstats
+    import time
+
+    q, k, v, dout = (torch.randn(1, 1, 256, 128, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    costs = {}
+    for pattern in ("butterfly(128)", "local(1k) & causal", "dense"):
+        def call():
+            for t in leaves:
+                t.grad = None
+            sparseflash.attention(*leaves, pattern).backward(dout)
+
+        for _ in range(20):
+            call()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(200):
+            call()
+        torch.cuda.synchronize()
+        costs[pattern] = (time.perf_counter() - start) / 200 * 1e6
+        print(f"host: {pattern:<20} {costs[pattern]:7.1f} us per forward + backward", flush=True)
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(50):
+        call()
+    torch.cuda.synchronize()
+    profile.disable()
+    pstats.Stats(profile).sort_stats("tottime").print_stats(15)
+    return costs
+
+
 def main() -> None:
     rows = []
+    host = host_costs()
     for pattern, n, batch, heads, head_dim in CASES:
         q, k, v, dout = (torch.randn(batch, heads, n, head_dim, device="cuda", dtype=torch.bfloat16) for _ in range(4))
         leaves = [t.detach().requires_grad_() for t in (q, k, v)]
@@ -48,7 +84,7 @@ def main() -> None:
         for name, ms in sorted(kernels.items(), key=lambda item: -item[1]):
             print(f"    {ms:7.3f}  {name}")
         rows.append({"pattern": pattern, "n": n, "batch": batch, "heads": heads, "head_dim": head_dim, "do_bench_ms": median, "kernels_ms": kernels})
-    save_results("autograd_costs", {"rows": rows})
+    save_results("autograd_costs", {"rows": rows, "host_us_per_fwdbwd_256": host})
 
 
 if __name__ == "__main__":
