@@ -48,13 +48,33 @@ def host_costs() -> dict:
         torch.cuda.synchronize()
         costs[pattern] = (time.perf_counter() - start) / 200 * 1e6
         print(f"host: {pattern:<20} {costs[pattern]:7.1f} us per forward + backward", flush=True)
+    from sparseflash.kernels.backward import attention_backward
+    from sparseflash.kernels.forward import attention_forward
+
+    mask = sparseflash.compile_mask(pattern, 256, device="cuda")
+    out, lse = attention_forward(q, k, v, mask, 0.1)
+    parts = {
+        "attention_forward launcher": lambda: attention_forward(q, k, v, mask, 0.1),
+        "attention_backward launcher": lambda: attention_backward(dout, q, k, v, out, lse, mask, 0.1),
+        "attention, no grad": lambda: sparseflash.attention(q, k, v, pattern),
+    }
+    for name, fn in parts.items():
+        for _ in range(20):
+            fn()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(200):
+            fn()
+        torch.cuda.synchronize()
+        costs[name] = (time.perf_counter() - start) / 200 * 1e6
+        print(f"host: {name:<28} {costs[name]:7.1f} us per call", flush=True)
     profile = cProfile.Profile()
     profile.enable()
     for _ in range(50):
         call()
     torch.cuda.synchronize()
     profile.disable()
-    pstats.Stats(profile).sort_stats("tottime").print_stats(15)
+    pstats.Stats(profile).sort_stats("cumulative").print_stats(40)
     return costs
 
 
