@@ -1,0 +1,96 @@
+"""Host microseconds per call along the paths of a forward + backward at a tiny size (N=256, one
+head: the GPU work is a few microseconds, so back-to-back wall time is the host's), to find what
+makes the autograd path cost more than its two launchers.
+
+    python benchmarks/experiments/host_paths.py     # on a GPU; writes results/host_paths.json
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+import triton
+import triton.language as tl
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import sparseflash  # noqa: E402
+from results_file import save_results  # noqa: E402
+from sparseflash.kernels.backward import attention_backward  # noqa: E402
+from sparseflash.kernels.forward import attention_forward  # noqa: E402
+
+
+@triton.jit
+def _copy_kernel(x, y, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(y + offs, tl.load(x + offs, mask=offs < n), mask=offs < n)
+
+
+class _TritonCopy(torch.autograd.Function):
+    """A trivial autograd function whose forward and backward each launch one tiny Triton kernel."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.empty_like(x)
+        _copy_kernel[(triton.cdiv(x.numel(), 1024),)](x, y, x.numel(), BLOCK=1024)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        dx = torch.empty_like(dy)
+        _copy_kernel[(triton.cdiv(dy.numel(), 1024),)](dy, dx, dy.numel(), BLOCK=1024)
+        return dx
+
+
+def host_us(fn, calls: int = 300) -> float:
+    for _ in range(30):
+        fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / calls * 1e6
+
+
+def main() -> None:
+    q, k, v, dout = (torch.randn(1, 1, 256, 128, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    pattern = "local(1k) & causal"
+    mask = sparseflash.compile_mask(pattern, 256, device="cuda")
+    out, lse = attention_forward(q, k, v, mask, 0.1)
+    x = torch.randn(4096, device="cuda", requires_grad=True)
+
+    def autograd_call():
+        sparseflash.attention(*leaves, pattern).backward(dout)
+
+    def autograd_grad():
+        torch.autograd.grad(sparseflash.attention(*leaves, pattern), leaves, dout)
+
+    paths = {
+        "triton copy kernel (3 args)": lambda: _copy_kernel[(4,)](x, x, x.numel(), BLOCK=1024),
+        "trivial autograd fn, fwd + bwd": lambda: _TritonCopy.apply(x).sum().backward(),
+        "attention_forward launcher": lambda: attention_forward(q, k, v, mask, 0.1),
+        "attention_backward launcher": lambda: attention_backward(dout, q, k, v, out, lse, mask, 0.1),
+        "attention(text), no grad": lambda: sparseflash.attention(q, k, v, pattern),
+        "attention(text), with grad, fwd only": lambda: sparseflash.attention(*leaves, pattern),
+        "attention(text), fwd + .backward": autograd_call,
+        "attention(text), fwd + autograd.grad": autograd_grad,
+    }
+    results = {}
+    for name, fn in paths.items():
+        results[name] = host_us(fn)
+        print(f"{name:<40} {results[name]:8.1f} us per call", flush=True)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(20):
+            autograd_call()
+        torch.cuda.synchronize()
+    gpu = sum(e.device_time for e in prof.events() if e.device_time > 0) / 20
+    print(f"GPU time of one fwd + .backward at N=256: {gpu:.1f} us")
+    save_results("host_paths", {"host_us": results, "gpu_us_fwd_bwd": gpu})
+
+
+if __name__ == "__main__":
+    main()
