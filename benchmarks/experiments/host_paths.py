@@ -89,7 +89,47 @@ def main() -> None:
         torch.cuda.synchronize()
     gpu = sum(e.device_time for e in prof.events() if e.device_time > 0) / 20
     print(f"GPU time of one fwd + .backward at N=256: {gpu:.1f} us")
+    results["backward launcher in another thread"] = in_thread(lambda: host_us(paths["attention_backward launcher"]))
+    print(f"{'backward launcher in another thread':<40} {results['backward launcher in another thread']:8.1f} us per call")
+    profile_autograd_backward(autograd_call)
     save_results("host_paths", {"host_us": results, "gpu_us_fwd_bwd": gpu})
+
+
+def in_thread(fn):
+    import threading
+
+    result = []
+    worker = threading.Thread(target=lambda: result.append(fn()))
+    worker.start()
+    worker.join()
+    return result[0]
+
+
+def profile_autograd_backward(autograd_call) -> None:
+    """cProfile of the autograd backward, enabled inside it (it runs on autograd's device thread)."""
+    import cProfile
+    import pstats
+
+    from sparseflash import attention as api
+
+    profile = cProfile.Profile()
+    original = api._BlockSparseAttention.backward
+
+    def profiled(ctx, *grads):
+        profile.enable()
+        try:
+            return original(ctx, *grads)
+        finally:
+            profile.disable()
+
+    api._BlockSparseAttention.backward = staticmethod(profiled)
+    try:
+        for _ in range(50):
+            autograd_call()
+        torch.cuda.synchronize()
+    finally:
+        api._BlockSparseAttention.backward = staticmethod(original)
+    pstats.Stats(profile).sort_stats("cumulative").print_stats(30)
 
 
 if __name__ == "__main__":
