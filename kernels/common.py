@@ -17,6 +17,7 @@ Offsets: batch and head offsets, and a tile's first row, are multiplied out in i
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass, replace
 
 import torch
@@ -444,7 +445,29 @@ def streamed_tiles(use_tma: int, block_rows: int, *tensors: torch.Tensor) -> tup
     on dense rows and 4% slower on short ones."""
     if use_tma != TMA_HOST.value:
         return tensors
+    bind_cuda_context(tensors[0].device)
     return tuple(tile_descriptor(t, block_rows) for t in tensors)
+
+
+_context_bound = threading.local()  # .devices: the CUDA devices whose context this thread has bound
+
+
+def bind_cuda_context(device: torch.device) -> None:
+    """Make ``device``'s primary CUDA context current in this thread (checked once per thread).
+
+    Triton encodes host-built tensor descriptors through the driver API at launch, which needs a
+    current context. A thread whose first CUDA work is our launch may have none (PyTorch can serve
+    its allocations from the cache without a runtime call), and the launch then fails with
+    "invalid device context" (seen on the H200, benchmarks/experiments/host_paths.py). Any runtime
+    call that needs a context binds the device's primary one: a stream query costs ~1 us.
+    """
+    devices = getattr(_context_bound, "devices", None)
+    if devices is None:
+        devices = _context_bound.devices = set()
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in devices:
+        torch.cuda.current_stream(index).query()
+        devices.add(index)
 
 
 def check_tile(name: str, tile: int, mask_block: int, is_dense: bool):

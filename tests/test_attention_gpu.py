@@ -132,6 +132,38 @@ def test_against_flex_attention(case):
         check_close("flex " + name, g, s, o, dtype)
 
 
+def test_a_thread_whose_first_cuda_work_is_ours():
+    """A fresh thread has no current CUDA context until a runtime call binds one; host-built tensor
+    descriptors need it at launch (it once failed with "invalid device context"). The main thread
+    runs first, so the thread's allocations come from PyTorch's cache without a runtime call."""
+    import threading
+
+    q, k, v, dout, _ = make_inputs(1, 2, 2, 1024, 1024, 128, torch.bfloat16, seed=3)
+
+    def forward_backward():
+        leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+        out = attention(*leaves, "local(256)")
+        return (out.detach(), *torch.autograd.grad(out, leaves, dout))
+
+    expected = forward_backward()
+    torch.cuda.synchronize()
+    results, errors = [], []
+    worker = threading.Thread(target=lambda: _run_catching(forward_backward, results, errors))
+    worker.start()
+    worker.join()
+    assert not errors, f"attention failed in a fresh thread: {errors[0]!r}"
+    for name, got, want in zip(("out", "dq", "dk", "dv"), results[0], expected):
+        assert torch.equal(got, want), f"{name} differs between the threads"
+
+
+def _run_catching(fn, results, errors):
+    try:
+        results.append(fn())
+        torch.cuda.synchronize()
+    except Exception as error:  # noqa: BLE001 - reported by the test
+        errors.append(error)
+
+
 def test_int64_offsets():
     """Inputs and output whose second batch starts past element 2**31: offsets must be int64."""
     from sparseflash.kernels.forward import attention_forward
