@@ -445,7 +445,8 @@ def streamed_tiles(use_tma: int, block_rows: int, *tensors: torch.Tensor) -> tup
     on dense rows and 4% slower on short ones."""
     if use_tma != TMA_HOST.value:
         return tensors
-    bind_cuda_context(tensors[0].device)
+    if tensors[0].is_cuda:  # (the interpreter takes descriptors of CPU tensors)
+        bind_cuda_context(tensors[0].device)
     return tuple(tile_descriptor(t, block_rows) for t in tensors)
 
 
