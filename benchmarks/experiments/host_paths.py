@@ -110,7 +110,7 @@ def profile_autograd_backward(autograd_call) -> None:
     import cProfile
     import pstats
 
-    from sparseflash import attention as api
+    api = sys.modules["sparseflash.attention"]  # the module (the package exports a function of that name)
 
     profile = cProfile.Profile()
     original = api._BlockSparseAttention.backward
