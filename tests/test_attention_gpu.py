@@ -144,19 +144,19 @@ def test_a_thread_whose_first_cuda_work_is_ours():
 
     q, k, v, dout, _ = make_inputs(1, 2, 2, 1024, 1024, 128, torch.bfloat16, seed=3)
     mask = sparseflash.compile_mask("local(256)", 1024, device="cuda")
+    out, lse = attention_forward(q, k, v, mask, 0.125)
 
-    def forward_backward():
-        out, lse = attention_forward(q, k, v, mask, 0.125)
-        return (out, *attention_backward(dout, q, k, v, out, lse, mask, 0.125))
+    def backward_then_forward():  # the order in which the launchers once failed
+        return (*attention_backward(dout, q, k, v, out, lse, mask, 0.125), attention_forward(q, k, v, mask, 0.125)[0])
 
     # On the CPU, so that the GPU blocks go back to PyTorch's cache for the thread to reuse.
-    expected = [t.cpu() for t in forward_backward()]
+    expected = [t.cpu() for t in backward_then_forward()]
     results, errors = [], []
-    worker = threading.Thread(target=lambda: _run_catching(forward_backward, results, errors))
+    worker = threading.Thread(target=lambda: _run_catching(backward_then_forward, results, errors))
     worker.start()
     worker.join()
     assert not errors, f"the launchers failed in a fresh thread: {errors[0]!r}"
-    for name, got, want in zip(("out", "dq", "dk", "dv"), results[0], expected):
+    for name, got, want in zip(("dq", "dk", "dv", "out"), results[0], expected):
         assert torch.equal(got, want), f"{name} differs between the threads"
 
 
