@@ -459,8 +459,10 @@ def bind_cuda_context(device: torch.device) -> None:
     Triton encodes host-built tensor descriptors through the driver API at launch, which needs a
     current context. A thread whose first CUDA work is our launch may have none (PyTorch can serve
     its allocations from the cache without a runtime call), and the launch then fails with
-    "invalid device context" (seen on the H200, benchmarks/experiments/host_paths.py). Any runtime
-    call that needs a context binds the device's primary one: a stream query costs ~1 us.
+    "invalid device context": seen once on the H200, in a fresh thread of
+    benchmarks/experiments/host_paths.py after a profiled run, and not reproduced since
+    (tests/test_attention_gpu.py::test_launchers_in_a_fresh_thread passes without this). Any
+    runtime call that needs a context binds the device's primary one: a stream query, ~1 us.
     """
     devices = getattr(_context_bound, "devices", None)
     if devices is None:
