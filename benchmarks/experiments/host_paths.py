@@ -44,6 +44,25 @@ class _TritonCopy(torch.autograd.Function):
         return dx
 
 
+class _Launchers(torch.autograd.Function):
+    """attention_forward / attention_backward behind a minimal autograd function (no checks, no
+    mask look-up); with ``launch_backward`` False the backward returns empty gradients instead."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask, launch_backward):
+        out, lse = attention_forward(q, k, v, mask, 0.1)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.mask, ctx.launch_backward = mask, launch_backward
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse = ctx.saved_tensors
+        if not ctx.launch_backward:
+            return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), None, None
+        return (*attention_backward(dout, q, k, v, out, lse, ctx.mask, 0.1), None, None)
+
+
 def host_us(fn, calls: int = 300) -> float:
     for _ in range(30):
         fn()
@@ -78,6 +97,9 @@ def main() -> None:
         "attention(text), with grad, fwd only": lambda: sparseflash.attention(*leaves, pattern),
         "attention(text), fwd + .backward": autograd_call,
         "attention(text), fwd + autograd.grad": autograd_grad,
+        "minimal autograd fn, fwd + .backward": lambda: _Launchers.apply(*leaves, mask, True).backward(dout),
+        "minimal autograd fn, no bwd launch": lambda: _Launchers.apply(*leaves, mask, False).backward(dout),
+        "attention(text), fwd + .backward, autograd on this thread": lambda: _single_threaded(autograd_call),
     }
     results = {}
     for name, fn in paths.items():
@@ -93,6 +115,11 @@ def main() -> None:
     print(f"{'backward launcher in another thread':<40} {results['backward launcher in another thread']:8.1f} us per call")
     profile_autograd_backward(autograd_call)
     save_results("host_paths", {"host_us": results, "gpu_us_fwd_bwd": gpu})
+
+
+def _single_threaded(fn):
+    with torch.autograd.set_multithreading_enabled(False):
+        fn()
 
 
 def in_thread(fn):
