@@ -90,6 +90,9 @@ def main() -> None:
 
         closure()
         median = triton.testing.do_bench(closure, grad_to_none=leaves, warmup=25, rep=100)
+        with torch.autograd.set_multithreading_enabled(False):  # the backward on this thread
+            same_thread = triton.testing.do_bench(closure, grad_to_none=leaves, warmup=25, rep=100)
+        print(f"{pattern} {n} B{batch} H{heads} D{head_dim}: do_bench with autograd on the calling thread {same_thread:.3f} ms")
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
             for _ in range(20):
                 for t in leaves:
@@ -103,7 +106,7 @@ def main() -> None:
         print(f"{pattern} {n} B{batch} H{heads} D{head_dim}: do_bench {median:.3f} ms, kernels {sum(kernels.values()):.3f} ms")
         for name, ms in sorted(kernels.items(), key=lambda item: -item[1]):
             print(f"    {ms:7.3f}  {name}")
-        rows.append({"pattern": pattern, "n": n, "batch": batch, "heads": heads, "head_dim": head_dim, "do_bench_ms": median, "kernels_ms": kernels})
+        rows.append({"pattern": pattern, "n": n, "batch": batch, "heads": heads, "head_dim": head_dim, "do_bench_ms": median, "do_bench_same_thread_ms": same_thread, "kernels_ms": kernels})
     save_results("autograd_costs", {"rows": rows, "host_us_per_fwdbwd_256": host})
 
 
