@@ -14,6 +14,7 @@ import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import sparseflash  # noqa: E402
+from host_overhead import host_microseconds  # noqa: E402
 from results_file import save_results  # noqa: E402
 
 CASES = [  # (pattern, N, batch, heads, D)
@@ -28,7 +29,6 @@ def host_costs() -> dict:
     where a cProfile of 50 such calls spends them."""
     import cProfile
     import pstats
-    import time
 
     q, k, v, dout = (torch.randn(1, 1, 256, 128, device="cuda", dtype=torch.bfloat16) for _ in range(4))
     leaves = [t.detach().requires_grad_() for t in (q, k, v)]
@@ -39,14 +39,7 @@ def host_costs() -> dict:
                 t.grad = None
             sparseflash.attention(*leaves, pattern).backward(dout)
 
-        for _ in range(20):
-            call()
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(200):
-            call()
-        torch.cuda.synchronize()
-        costs[pattern] = (time.perf_counter() - start) / 200 * 1e6
+        costs[pattern] = host_microseconds(call, calls=200)
         print(f"host: {pattern:<20} {costs[pattern]:7.1f} us per forward + backward", flush=True)
     from sparseflash.kernels.backward import attention_backward
     from sparseflash.kernels.forward import attention_forward
@@ -59,14 +52,7 @@ def host_costs() -> dict:
         "attention, no grad": lambda: sparseflash.attention(q, k, v, pattern),
     }
     for name, fn in parts.items():
-        for _ in range(20):
-            fn()
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(200):
-            fn()
-        torch.cuda.synchronize()
-        costs[name] = (time.perf_counter() - start) / 200 * 1e6
+        costs[name] = host_microseconds(fn, calls=200)
         print(f"host: {name:<28} {costs[name]:7.1f} us per call", flush=True)
     profile = cProfile.Profile()
     profile.enable()

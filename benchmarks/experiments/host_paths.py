@@ -8,7 +8,6 @@ makes the autograd path cost more than its two launchers.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -17,6 +16,7 @@ import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import sparseflash  # noqa: E402
+from host_overhead import host_microseconds  # noqa: E402
 from results_file import save_results  # noqa: E402
 from sparseflash.kernels.backward import attention_backward  # noqa: E402
 from sparseflash.kernels.forward import attention_forward  # noqa: E402
@@ -63,17 +63,6 @@ class _Launchers(torch.autograd.Function):
         return (*attention_backward(dout, q, k, v, out, lse, ctx.mask, 0.1), None, None)
 
 
-def host_us(fn, calls: int = 300) -> float:
-    for _ in range(30):
-        fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / calls * 1e6
-
-
 def main() -> None:
     q, k, v, dout = (torch.randn(1, 1, 256, 128, device="cuda", dtype=torch.bfloat16) for _ in range(4))
     leaves = [t.detach().requires_grad_() for t in (q, k, v)]
@@ -103,7 +92,7 @@ def main() -> None:
     }
     results = {}
     for name, fn in paths.items():
-        results[name] = host_us(fn)
+        results[name] = host_microseconds(fn)
         print(f"{name:<40} {results[name]:8.1f} us per call", flush=True)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(20):
@@ -111,7 +100,7 @@ def main() -> None:
         torch.cuda.synchronize()
     gpu = sum(e.device_time for e in prof.events() if e.device_time > 0) / 20
     print(f"GPU time of one fwd + .backward at N=256: {gpu:.1f} us")
-    results["backward launcher in another thread"] = in_thread(lambda: host_us(paths["attention_backward launcher"]))
+    results["backward launcher in another thread"] = in_thread(lambda: host_microseconds(paths["attention_backward launcher"]))
     print(f"{'backward launcher in another thread':<40} {results['backward launcher in another thread']:8.1f} us per call")
     profile_autograd_backward(autograd_call)
     save_results("host_paths", {"host_us": results, "gpu_us_fwd_bwd": gpu})
