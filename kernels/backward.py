@@ -645,7 +645,7 @@ def attention_backward(
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
-    dlse_or_none = dlse if dlse is not None else delta  # a pointer the kernels ignore without HAS_DLSE
+    dlse_pointer = dlse if dlse is not None else delta  # any tensor: the kernels read it only with HAS_DLSE
 
     def dkdv_pass():
         column_plan = plan_for(config, mask, column_schedule, batch * n_kv_heads, q.device, by_rows=False)
@@ -687,7 +687,7 @@ def attention_backward(
         row_lists = row_list_arguments(mask, q.device)
         _attention_backward_dq_kernel[dq_grid](
             q, k_tiles, v_tiles, dout, k, v,
-            lse, delta, dq, dq_part, out, dlse_or_none,
+            lse, delta, dq, dq_part, out, dlse_pointer,
             *row_lists[:-1], *item_arguments(row_plan, row_lists[-1]),
             *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(), *out.stride(),
             n_q_heads, batch * n_q_heads, q_len, kv_len, scale * LOG2E, scale,
@@ -714,7 +714,7 @@ def attention_backward(
             dkdv_pass()
         else:
             _preprocess_kernel[(triton.cdiv(q_len, preprocess_block_m), batch * n_q_heads)](
-                out, dout, dlse_or_none, delta,
+                out, dout, dlse_pointer, delta,
                 *out.stride(), *dout.stride(),
                 n_q_heads, q_len,
                 HAS_DLSE=dlse is not None,
