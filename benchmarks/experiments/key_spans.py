@@ -4,10 +4,12 @@ kernel, with the default tiles and with others.
 
     python benchmarks/experiments/key_spans.py     # on a GPU; writes results/key_spans.json
 
-Runs: ``results/key_spans_1.json`` (first run: every kernel with spans against tiles, default tiles,
-and the 4-warp 128 x 64 forward) ``results/key_spans_2.json`` (forward and backward tiles around
-the chosen ones) and ``results/key_spans.json`` (this script: with butterfly(128) and
-local(256)+global(4) forward cases).
+Runs: ``results/key_spans_1.json`` came from this script as of commit 0680036 (every kernel with
+spans against tiles at the default tiles, and the 4-warp 128 x 64 forward, for local(1k) & causal
+at D=128 and 64, local(256)+global(4) and strided(256)+local(128));
+``results/key_spans_2.json`` from it as of commit 5ff669a (forward and backward tiles around the
+chosen ones); ``results/key_spans.json`` from this version (adds butterfly(128) and
+local(256)+global(4) forward cases). ``git show 0680036:benchmarks/experiments/key_spans.py``.
 """
 
 from __future__ import annotations
