@@ -175,7 +175,6 @@ class BlockMask:
         narrow_col_blocks: int = 0,
         across_row_blocks: int = 0,
         across_col_blocks: int = 0,
-        key_spans: int = 0,
     ):
         if (tensors is None) == (build_tensors is None):
             raise ValueError("BlockMask needs its tensors or a function that builds them, not both")
@@ -185,7 +184,7 @@ class BlockMask:
             ("max_blocks_per_col", max_blocks_per_col), ("device", torch.device(device)),
             ("is_dense", is_dense), ("narrow_row_blocks", narrow_row_blocks),
             ("narrow_col_blocks", narrow_col_blocks), ("across_row_blocks", across_row_blocks),
-            ("across_col_blocks", across_col_blocks), ("key_spans", key_spans), ("_tensors", tensors), ("_build_tensors", build_tensors), ("_copies", {}),
+            ("across_col_blocks", across_col_blocks), ("_tensors", tensors), ("_build_tensors", build_tensors), ("_copies", {}),
         ):  # fmt: skip
             object.__setattr__(self, name, value)
 
@@ -222,6 +221,14 @@ class BlockMask:
     def n_tiles(self) -> int:
         """Distinct partial-block tiles the kernels read (none for ``dense``, which masks its tail itself)."""
         return 0 if self.is_dense else int(self.tiles.shape[0])
+
+    @property
+    def key_spans(self) -> int:
+        """Runs of allowed keys per tile row in ``tile_key_spans`` (1 or 2); 0 when the tiles are not
+        given that way (a row with more runs, no tiles, or ``dense``). Read from shapes: no copy."""
+        if self.n_tiles == 0:
+            return 0
+        return self.tile_key_spans.numel() // (self.n_tiles * self.block_m * 2)
 
     @property
     def n_partial(self) -> int:
@@ -308,8 +315,7 @@ class BlockMask:
             block_n=self.block_n, allowed_pairs=self.allowed_pairs, max_blocks_per_row=self.max_blocks_per_row,
             max_blocks_per_col=self.max_blocks_per_col, device=device, is_dense=self.is_dense,
             narrow_row_blocks=self.narrow_row_blocks, narrow_col_blocks=self.narrow_col_blocks,
-            across_row_blocks=self.across_row_blocks, across_col_blocks=self.across_col_blocks,
-            key_spans=self.key_spans, **moved,
+            across_row_blocks=self.across_row_blocks, across_col_blocks=self.across_col_blocks, **moved,
         )  # fmt: skip
 
     def __str__(self) -> str:
@@ -453,10 +459,9 @@ def _narrow_windows(allowed_lines: np.ndarray, block: int) -> np.ndarray:
     return windows
 
 
-def _key_spans(tiles: np.ndarray) -> tuple[int, np.ndarray]:
-    """The tiles as runs of allowed keys per row (see BlockMask): ``(key_spans, spans)`` with spans
-    int32 ``(n_tiles, block_m, key_spans, 2)``, or ``(0, empty)`` when some row has more than
-    KEY_SPAN_LIMIT runs (or there are no tiles)."""
+def _key_spans(tiles: np.ndarray) -> np.ndarray:
+    """The tiles as runs of allowed keys per row (see BlockMask): int32 ``(n_tiles, block_m,
+    key_spans, 2)``, or empty when some row has more than KEY_SPAN_LIMIT runs (or there are no tiles)."""
     n_tiles, block_m, _ = tiles.shape
     previous = np.zeros_like(tiles)
     previous[..., 1:] = tiles[..., :-1]
@@ -465,7 +470,7 @@ def _key_spans(tiles: np.ndarray) -> tuple[int, np.ndarray]:
     firsts, lasts = tiles & ~previous, tiles & ~following  # each run's first and last key
     n_spans = int(np.count_nonzero(firsts, axis=2).max(initial=0))
     if n_spans == 0 or n_spans > KEY_SPAN_LIMIT:
-        return 0, np.zeros(0, dtype=np.int32)
+        return np.zeros(0, dtype=np.int32)
     tile, row, first = np.nonzero(firsts)  # row-major: each row's runs in key order
     last = np.nonzero(lasts)[2]  # the same runs, in the same order
     line = tile * block_m + row
@@ -473,7 +478,7 @@ def _key_spans(tiles: np.ndarray) -> tuple[int, np.ndarray]:
     spans = np.zeros((n_tiles, block_m, n_spans, 2), dtype=np.int32)
     spans[tile, row, rank, 0] = first
     spans[tile, row, rank, 1] = last + 1
-    return n_spans, spans
+    return spans
 
 
 def _across_blocks(major: np.ndarray, windows: np.ndarray, eligible: np.ndarray, n_major: int):
@@ -558,7 +563,7 @@ def _build_tensors(pattern: Pattern, geometry: TileGeometry, device: torch.devic
     rows, cols, classes, tile_of_block, tiles = _refine_partial(pattern, geometry, rows, cols, classes)
     arrays = {}
     summary_counts = {"kv": 0, "q": 0, "across_kv": 0, "across_q": 0}
-    key_spans, arrays["tile_key_spans"] = _key_spans(tiles)
+    arrays["tile_key_spans"] = _key_spans(tiles)
     for kind, name in ((FULL, "full"), (PARTIAL, "partial")):
         selected = classes == kind
         block_rows, block_cols, block_tiles = rows[selected], cols[selected], tile_of_block[selected]
@@ -609,7 +614,6 @@ def _build_tensors(pattern: Pattern, geometry: TileGeometry, device: torch.devic
         narrow_col_blocks=summary_counts["q"],
         across_row_blocks=summary_counts["across_kv"],
         across_col_blocks=summary_counts["across_q"],
-        key_spans=key_spans,
     )
     return tensors, summary
 
