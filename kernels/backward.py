@@ -26,6 +26,8 @@ allowed key in every row, so their lse is finite and their steps skip the guard.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -43,6 +45,7 @@ from .common import (
     key_span_count,
     row_class,
     launch_grid,
+    layout_key,
     load_rows,
     load_tile_mask,
     partial_parts,
@@ -61,9 +64,10 @@ from .common import (
     tile_source,
     tma_mode,
     prefer_host_descriptors,
+    prepared_launch,
 )
 from ..blockmask import NARROW_WINDOW
-from .split import item_arguments, item_block_ranges, merge_sum, new_scratch, plan_for, program_item, scratch_rows
+from .split import SplitPlan, item_arguments, item_block_ranges, merge_sum, new_scratch, plan_for, program_item, scratch_rows
 
 _NO_MASK = tl.constexpr(0)  # full block (or a whole dense tile)
 _TILE_MASK = tl.constexpr(1)  # partial block: the uint8 tile (0 also on padding)
@@ -582,6 +586,26 @@ def _attention_backward_dq_kernel(
         store_rows(dq_base, start_m, offs_m, offs_d, stride_dqm, stride_dqd, q_len, dq.to(DQ.dtype.element_ty), HEAD_DIM)
 
 
+@dataclass(frozen=True)
+class _KernelLaunch:
+    """One backward kernel's launch besides the tensors' values (``common.prepared_launch``)."""
+
+    grid: tuple
+    plan: SplitPlan | None  # split lines, or None
+    use_tma: int  # common.tma_mode, for the tiles this kernel streams
+    streamed_rows: int  # rows of those tiles (their descriptors' boxes)
+    lists: tuple  # the mask's lists and the launch's items, in the kernel's order
+    constants: dict  # constexprs and launch settings
+
+
+@dataclass(frozen=True)
+class _BackwardLaunch:
+    dkdv: _KernelLaunch
+    dq: _KernelLaunch
+    delta_in_dq: bool  # dQ computes delta and runs first; else the preprocess kernel does
+    head_dim_padded: int
+
+
 def attention_backward(
     dout: torch.Tensor,
     q: torch.Tensor,
@@ -603,6 +627,74 @@ def attention_backward(
     ``out`` and ``lse`` are the forward's results; ``dlse`` (B, Hq, Lq), if given, is the gradient
     of the lse output. ``config`` overrides tiles and launch settings.
     """
+    switches = (DKDV_WALK, DQ_WALK, DKDV_SKIP_ACROSS, DQ_SKIP_ACROSS, DELTA_IN_DQ)
+    key = ("backward", config, allow_tf32, dlse is not None, *switches, *layout_key(q, k, v, dout))
+    launch = prepared_launch(mask, key, lambda: _prepare_backward(q, k, v, dout, mask, allow_tf32, config, dlse is not None))
+    batch, n_q_heads, q_len, head_dim = q.shape
+    n_kv_heads, kv_len = k.shape[1], k.shape[2]
+    lse = lse.contiguous()  # written by our forward, so already contiguous: no copy in practice
+    delta = new_output((batch, n_q_heads, q_len), torch.float32, q.device)
+    if dlse is not None:
+        dlse = dlse.to(torch.float32).contiguous()
+    dq = new_output(q.shape, q.dtype, q.device)
+    dk = new_output(k.shape, k.dtype, k.device)
+    dv = new_output(v.shape, v.dtype, v.device)
+    dlse_pointer = dlse if dlse is not None else delta  # any tensor: the kernels read it only with HAS_DLSE
+    # dK/dV streams Q and dO tiles, dQ streams K and V: each kernel gets its own kind of descriptor.
+    q_tiles, do_tiles = streamed_tiles(launch.dkdv.use_tma, launch.dkdv.streamed_rows, q, dout)
+    k_tiles, v_tiles = streamed_tiles(launch.dq.use_tma, launch.dq.streamed_rows, k, v)
+    scales = (scale * LOG2E, scale)
+
+    def dkdv_pass():
+        run = launch.dkdv
+        if run.plan is not None:
+            dk_part = new_scratch(run.plan, batch * n_kv_heads, mask.block_n, launch.head_dim_padded, q.device)
+            dv_part = new_scratch(run.plan, batch * n_kv_heads, mask.block_n, launch.head_dim_padded, q.device)
+        else:
+            dk_part = dv_part = dk  # unused
+        _attention_backward_dkdv_kernel[run.grid](
+            q_tiles, k, v, do_tiles, q, dout, lse, delta, dk, dv, dk_part, dv_part, *run.lists,
+            *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(),
+            n_kv_heads, batch * n_kv_heads, q_len, kv_len, *scales,
+            **run.constants,
+        )  # fmt: skip
+        if run.plan is not None:
+            merge_sum(run.plan, dk_part, dk, mask.block_n)
+            merge_sum(run.plan, dv_part, dv, mask.block_n)
+
+    def dq_pass():
+        run = launch.dq
+        dq_part = dq if run.plan is None else new_scratch(run.plan, batch * n_q_heads, mask.block_m, launch.head_dim_padded, q.device)
+        _attention_backward_dq_kernel[run.grid](
+            q, k_tiles, v_tiles, dout, k, v, lse, delta, dq, dq_part, out, dlse_pointer, *run.lists,
+            *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(), *out.stride(),
+            n_q_heads, batch * n_q_heads, q_len, kv_len, *scales,
+            **run.constants,
+        )  # fmt: skip
+        if run.plan is not None:
+            merge_sum(run.plan, dq_part, dq, mask.block_m)
+
+    with on_device_of(q):
+        if launch.delta_in_dq:
+            dq_pass()
+            dkdv_pass()
+        else:
+            _preprocess_kernel[(triton.cdiv(q_len, preprocess_block_m), batch * n_q_heads)](
+                out, dout, dlse_pointer, delta,
+                *out.stride(), *dout.stride(),
+                n_q_heads, q_len,
+                HAS_DLSE=dlse is not None,
+                HEAD_DIM=head_dim,
+                HEAD_DIM_PADDED=launch.head_dim_padded,
+                BLOCK_M=preprocess_block_m,
+            )  # fmt: skip
+            dkdv_pass()
+            dq_pass()
+    return dq, dk, dv
+
+
+def _prepare_backward(q, k, v, dout, mask, allow_tf32: bool, config: BackwardConfig | None, has_dlse: bool) -> _BackwardLaunch:
+    """The backward launches' choices for this mask and these inputs' layout (not their values)."""
     batch, n_q_heads, q_len, head_dim = q.shape
     n_kv_heads, kv_len = k.shape[1], k.shape[2]
     padded = head_dim_padded(head_dim)
@@ -615,55 +707,33 @@ def attention_backward(
         ("block_n2", config.block_n2, mask.block_n),
     ):
         check_tile(name, tile, mask_block, mask.is_dense)
-    precision = dot_precision(q.dtype, allow_tf32)
-    row_schedule = config.schedule or auto_schedule(mask, by_rows=True)
-    column_schedule = config.schedule or auto_schedule(mask, by_rows=False)
-    group_size = n_q_heads // n_kv_heads
-    lse = lse.contiguous()  # written by our forward, so already contiguous: no copy in practice
-
-    delta = new_output((batch, n_q_heads, q_len), torch.float32, q.device)
-    if dlse is not None:
-        dlse = dlse.to(torch.float32).contiguous()
-    dq = new_output(q.shape, q.dtype, q.device)
-    dk = new_output(k.shape, k.dtype, k.device)
-    dv = new_output(v.shape, v.dtype, v.device)
+    delta_here = delta_in_dq(mask)
     full_runs = walk_full_blocks_as_runs(config, mask)
-    # dK/dV streams Q and dO tiles, dQ streams K and V: each kernel gets its own kind of descriptor.
-    tma_columns = tma_mode(config.tma, q, k, v, dout, prefer_host=prefer_host_descriptors(mask, by_rows=False, backward=True))
-    tma_rows = tma_mode(config.tma, q, k, v, dout, prefer_host=prefer_host_descriptors(mask, by_rows=True, backward=True))
-    q_tiles, do_tiles = streamed_tiles(tma_columns, config.block_m1, q, dout)
-    k_tiles, v_tiles = streamed_tiles(tma_rows, config.block_n2, k, v)
     common = dict(
-        GROUP_SIZE=group_size,
+        GROUP_SIZE=n_q_heads // n_kv_heads,
         HEAD_DIM=head_dim,
         HEAD_DIM_PADDED=padded,
         MASK_BLOCK_M=mask.block_m,
         MASK_BLOCK_N=mask.block_n,
         IS_DENSE=mask.is_dense,
-        DOT_PRECISION=precision,
+        DOT_PRECISION=dot_precision(q.dtype, allow_tf32),
         NARROW=NARROW_WINDOW,
+        KEY_SPANS=key_span_count(config, mask),
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
-    dlse_pointer = dlse if dlse is not None else delta  # any tensor: the kernels read it only with HAS_DLSE
 
-    def dkdv_pass():
-        column_plan = plan_for(config, mask, column_schedule, batch * n_kv_heads, q.device, by_rows=False)
-        dkdv_grid = launch_grid(
-            kv_len, config.block_n1, mask.block_n, batch * n_kv_heads, column_schedule, mask.is_dense, column_plan
-        )
-        if column_plan is not None:
-            dk_part = new_scratch(column_plan, batch * n_kv_heads, mask.block_n, padded, q.device)
-            dv_part = new_scratch(column_plan, batch * n_kv_heads, mask.block_n, padded, q.device)
-        else:
-            dk_part = dv_part = dk  # unused
-        column_lists = column_list_arguments(mask, q.device)
-        _attention_backward_dkdv_kernel[dkdv_grid](
-            q_tiles, k, v, do_tiles, q, dout,
-            lse, delta, dk, dv, dk_part, dv_part,
-            *column_lists[:-1], *item_arguments(column_plan, column_lists[-1]),
-            *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(),
-            n_kv_heads, batch * n_kv_heads, q_len, kv_len, scale * LOG2E, scale,
+    column_schedule = config.schedule or auto_schedule(mask, by_rows=False)
+    column_plan = plan_for(config, mask, column_schedule, batch * n_kv_heads, q.device, by_rows=False)
+    column_lists = column_list_arguments(mask, q.device)
+    tma_columns = tma_mode(config.tma, q, k, v, dout, prefer_host=prefer_host_descriptors(mask, by_rows=False, backward=True))
+    dkdv = _KernelLaunch(
+        grid=launch_grid(kv_len, config.block_n1, mask.block_n, batch * n_kv_heads, column_schedule, mask.is_dense, column_plan),
+        plan=column_plan,
+        use_tma=tma_columns,
+        streamed_rows=config.block_m1,
+        lists=(*column_lists[:-1], *item_arguments(column_plan, column_lists[-1])),
+        constants=dict(
             BLOCK_M=config.block_m1,
             BLOCK_N=config.block_n1,
             **schedule_constants(column_schedule, mask.is_dense),
@@ -672,25 +742,22 @@ def attention_backward(
             USE_TMA=tma_columns,
             WALK=DKDV_WALK,
             SKIP_ACROSS=DKDV_SKIP_ACROSS,
-            KEY_SPANS=key_span_count(config, mask),
             HAS_NARROW=not mask.is_dense and mask.narrow_col_blocks + mask.across_col_blocks > 0,
             **common,
-        )  # fmt: skip
-        if column_plan is not None:
-            merge_sum(column_plan, dk_part, dk, mask.block_n)
-            merge_sum(column_plan, dv_part, dv, mask.block_n)
+        ),
+    )
 
-    def dq_pass(delta_here: bool):
-        row_plan = plan_for(config, mask, row_schedule, batch * n_q_heads, q.device, by_rows=True)
-        dq_grid = launch_grid(q_len, config.block_m2, mask.block_m, batch * n_q_heads, row_schedule, mask.is_dense, row_plan)
-        dq_part = new_scratch(row_plan, batch * n_q_heads, mask.block_m, padded, q.device) if row_plan is not None else dq
-        row_lists = row_list_arguments(mask, q.device)
-        _attention_backward_dq_kernel[dq_grid](
-            q, k_tiles, v_tiles, dout, k, v,
-            lse, delta, dq, dq_part, out, dlse_pointer,
-            *row_lists[:-1], *item_arguments(row_plan, row_lists[-1]),
-            *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(), *out.stride(),
-            n_q_heads, batch * n_q_heads, q_len, kv_len, scale * LOG2E, scale,
+    row_schedule = config.schedule or auto_schedule(mask, by_rows=True)
+    row_plan = plan_for(config, mask, row_schedule, batch * n_q_heads, q.device, by_rows=True)
+    row_lists = row_list_arguments(mask, q.device)
+    tma_rows = tma_mode(config.tma, q, k, v, dout, prefer_host=prefer_host_descriptors(mask, by_rows=True, backward=True))
+    dq = _KernelLaunch(
+        grid=launch_grid(q_len, config.block_m2, mask.block_m, batch * n_q_heads, row_schedule, mask.is_dense, row_plan),
+        plan=row_plan,
+        use_tma=tma_rows,
+        streamed_rows=config.block_n2,
+        lists=(*row_lists[:-1], *item_arguments(row_plan, row_lists[-1])),
+        constants=dict(
             BLOCK_M=config.block_m2,
             BLOCK_N=config.block_n2,
             **schedule_constants(row_schedule, mask.is_dense),
@@ -699,29 +766,10 @@ def attention_backward(
             USE_TMA=tma_rows,
             WALK=DQ_WALK,
             SKIP_ACROSS=DQ_SKIP_ACROSS,
-            KEY_SPANS=key_span_count(config, mask),
             HAS_NARROW=not mask.is_dense and mask.narrow_row_blocks + mask.across_row_blocks > 0,
             DELTA_HERE=delta_here,
-            HAS_DLSE=dlse is not None,
+            HAS_DLSE=has_dlse,
             **common,
-        )  # fmt: skip
-        if row_plan is not None:
-            merge_sum(row_plan, dq_part, dq, mask.block_m)
-
-    with on_device_of(q):
-        if delta_in_dq(mask):
-            dq_pass(delta_here=True)
-            dkdv_pass()
-        else:
-            _preprocess_kernel[(triton.cdiv(q_len, preprocess_block_m), batch * n_q_heads)](
-                out, dout, dlse_pointer, delta,
-                *out.stride(), *dout.stride(),
-                n_q_heads, q_len,
-                HAS_DLSE=dlse is not None,
-                HEAD_DIM=head_dim,
-                HEAD_DIM_PADDED=padded,
-                BLOCK_M=preprocess_block_m,
-            )  # fmt: skip
-            dkdv_pass()
-            dq_pass(delta_here=False)
-    return dq, dk, dv
+        ),
+    )
+    return _BackwardLaunch(dkdv=dkdv, dq=dq, delta_in_dq=delta_here, head_dim_padded=padded)

@@ -28,6 +28,8 @@ tile and masks only the last one, when kv_len is not a multiple of BLOCK_N.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -44,6 +46,7 @@ from .common import (
     head_dim_padded,
     key_span_count,
     launch_grid,
+    layout_key,
     load_rows,
     load_tile_mask,
     partial_parts,
@@ -61,9 +64,10 @@ from .common import (
     tile_source,
     tma_mode,
     prefer_host_descriptors,
+    prepared_launch,
 )
 from ..blockmask import NARROW_WINDOW
-from .split import item_arguments, item_block_ranges, merge_softmax, new_scratch, plan_for, program_item, scratch_rows
+from .split import SplitPlan, item_arguments, item_block_ranges, merge_softmax, new_scratch, plan_for, program_item, scratch_rows
 
 # The order in which the forward walks runs of full blocks and dense rows (common.WALK_*). Keys
 # from the last backwards: as fast or up to 2% faster, H200, means of two runs each
@@ -363,6 +367,20 @@ def _attention_forward_kernel(
         tl.store(lse_base + start_m + offs_m, lse, mask=(start_m + offs_m) < q_len)
 
 
+@dataclass(frozen=True)
+class _ForwardLaunch:
+    """What the forward launch takes besides the tensors' values: derived once per mask and
+    layout (``common.prepared_launch``)."""
+
+    grid: tuple
+    plan: SplitPlan | None  # split rows, or None
+    use_tma: int  # common.tma_mode
+    block_n: int  # rows of the streamed K/V tiles (their descriptors' boxes)
+    head_dim_padded: int
+    lists: tuple  # the mask's row lists and the launch's items, in the kernel's order
+    constants: dict  # constexprs and launch settings
+
+
 def attention_forward(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -381,63 +399,76 @@ def attention_forward(
     (Lq, Lk) on q's device. Inputs are assumed checked (``sparseflash.attention`` does that).
     ``config`` overrides the kernel tiles and launch settings; ``out``/``lse`` may be given to write into.
     """
-    batch, n_q_heads, q_len, head_dim = q.shape
-    n_kv_heads, kv_len = k.shape[1], k.shape[2]
-    padded = head_dim_padded(head_dim)
-    if config is None:
-        config = default_forward_config(padded, q.dtype, mask)
     if scale <= 0:
         # The kernel scales row maxima, which needs scale > 0; scale * q.k is the same as
         # |scale| * (-q).k, and as 1 * 0.k for scale 0 (a rare case: it costs a copy of q).
         q, scale = (-q, -scale) if scale < 0 else (torch.zeros_like(q), 1.0)
-    if config.list_slots and (config.list_slots < 1 or config.list_slots & (config.list_slots - 1)):
-        raise ValueError(f"list_slots={config.list_slots}: must be a power of two (a register vector), or 0/None for none")
-    check_tile("block_m", config.block_m, mask.block_m, mask.is_dense)
-    check_tile("block_n", config.block_n, mask.block_n, mask.is_dense)
+    key = ("forward", config, allow_tf32, FORWARD_WALK, FORWARD_SKIP_ACROSS, *layout_key(q, k, v))
+    launch = prepared_launch(mask, key, lambda: _prepare_forward(q, k, v, mask, allow_tf32, config))
+    batch, n_q_heads, q_len, _ = q.shape
+    kv_len = k.shape[2]
     if out is None:
         out = new_output(q.shape, q.dtype, q.device)
     if lse is None:
         lse = new_output((batch, n_q_heads, q_len), torch.float32, q.device)
-    schedule = config.schedule or auto_schedule(mask, by_rows=True)
-    plan = plan_for(config, mask, schedule, batch * n_q_heads, q.device, by_rows=True)
-    grid = launch_grid(q_len, config.block_m, mask.block_m, batch * n_q_heads, schedule, mask.is_dense, plan)
+    plan = launch.plan
     if plan is not None:
-        out_part = new_scratch(plan, batch * n_q_heads, mask.block_m, padded, q.device)
+        out_part = new_scratch(plan, batch * n_q_heads, mask.block_m, launch.head_dim_padded, q.device)
         lse_part = new_scratch(plan, batch * n_q_heads, mask.block_m, 1, q.device)
     else:
         out_part = lse_part = out  # unused
-    row_lists = row_list_arguments(mask, q.device)
-    use_tma = tma_mode(config.tma, q, k, v, prefer_host=prefer_host_descriptors(mask, by_rows=True, backward=False))
-    k_tiles, v_tiles = streamed_tiles(use_tma, config.block_n, k, v)
+    k_tiles, v_tiles = streamed_tiles(launch.use_tma, launch.block_n, k, v)
     with on_device_of(q):
-        _attention_forward_kernel[grid](
-            q, k_tiles, v_tiles, k, v, out, lse, out_part, lse_part,
-            *row_lists[:-1], *item_arguments(plan, row_lists[-1]),
+        _attention_forward_kernel[launch.grid](
+            q, k_tiles, v_tiles, k, v, out, lse, out_part, lse_part, *launch.lists,
             *q.stride(), *k.stride(), *v.stride(), *out.stride(),
             n_q_heads, batch * n_q_heads, q_len, kv_len, scale * LOG2E,
-            GROUP_SIZE=n_q_heads // n_kv_heads,
-            HEAD_DIM=head_dim,
-            HEAD_DIM_PADDED=padded,
-            BLOCK_M=config.block_m,
-            BLOCK_N=config.block_n,
-            MASK_BLOCK_M=mask.block_m,
-            MASK_BLOCK_N=mask.block_n,
-            IS_DENSE=mask.is_dense,
-            **schedule_constants(schedule, mask.is_dense),
-            FULL_RUNS=plan is None and walk_full_blocks_as_runs(config, mask),
-            LIST_SLOTS=config.list_slots or 0,
-            SPLIT=plan is not None,
-            USE_TMA=use_tma,
-            WALK=FORWARD_WALK,
-            HAS_PARTIAL=mask.is_dense or mask.n_partial > 0,
-            HAS_NARROW=not mask.is_dense and mask.narrow_row_blocks + mask.across_row_blocks > 0,
-            NARROW=NARROW_WINDOW,
-            SKIP_ACROSS=FORWARD_SKIP_ACROSS,
-            KEY_SPANS=key_span_count(config, mask),
-            DOT_PRECISION=dot_precision(q.dtype, allow_tf32),
-            num_warps=config.num_warps,
-            num_stages=config.num_stages,
+            **launch.constants,
         )  # fmt: skip
         if plan is not None:
             merge_softmax(plan, out_part, lse_part, out, lse, mask.block_m)
     return out, lse
+
+
+def _prepare_forward(q, k, v, mask, allow_tf32: bool, config: ForwardConfig | None) -> _ForwardLaunch:
+    """The forward launch's choices for this mask and these inputs' layout (not their values)."""
+    batch, n_q_heads, q_len, head_dim = q.shape
+    n_kv_heads = k.shape[1]
+    padded = head_dim_padded(head_dim)
+    if config is None:
+        config = default_forward_config(padded, q.dtype, mask)
+    if config.list_slots and (config.list_slots < 1 or config.list_slots & (config.list_slots - 1)):
+        raise ValueError(f"list_slots={config.list_slots}: must be a power of two (a register vector), or 0/None for none")
+    check_tile("block_m", config.block_m, mask.block_m, mask.is_dense)
+    check_tile("block_n", config.block_n, mask.block_n, mask.is_dense)
+    schedule = config.schedule or auto_schedule(mask, by_rows=True)
+    plan = plan_for(config, mask, schedule, batch * n_q_heads, q.device, by_rows=True)
+    grid = launch_grid(q_len, config.block_m, mask.block_m, batch * n_q_heads, schedule, mask.is_dense, plan)
+    row_lists = row_list_arguments(mask, q.device)
+    use_tma = tma_mode(config.tma, q, k, v, prefer_host=prefer_host_descriptors(mask, by_rows=True, backward=False))
+    constants = dict(
+        GROUP_SIZE=n_q_heads // n_kv_heads,
+        HEAD_DIM=head_dim,
+        HEAD_DIM_PADDED=padded,
+        BLOCK_M=config.block_m,
+        BLOCK_N=config.block_n,
+        MASK_BLOCK_M=mask.block_m,
+        MASK_BLOCK_N=mask.block_n,
+        IS_DENSE=mask.is_dense,
+        **schedule_constants(schedule, mask.is_dense),
+        FULL_RUNS=plan is None and walk_full_blocks_as_runs(config, mask),
+        LIST_SLOTS=config.list_slots or 0,
+        SPLIT=plan is not None,
+        USE_TMA=use_tma,
+        WALK=FORWARD_WALK,
+        HAS_PARTIAL=mask.is_dense or mask.n_partial > 0,
+        HAS_NARROW=not mask.is_dense and mask.narrow_row_blocks + mask.across_row_blocks > 0,
+        NARROW=NARROW_WINDOW,
+        SKIP_ACROSS=FORWARD_SKIP_ACROSS,
+        KEY_SPANS=key_span_count(config, mask),
+        DOT_PRECISION=dot_precision(q.dtype, allow_tf32),
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )
+    lists = (*row_lists[:-1], *item_arguments(plan, row_lists[-1]))
+    return _ForwardLaunch(grid, plan, use_tma, config.block_n, padded, lists, constants)

@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from .blockmask import BlockMask, compile_mask
+from .blockmask import MASK_CACHE, BlockMask, compile_mask
 from .parsing import parse
 from .pattern import Pattern
 
@@ -201,10 +201,17 @@ def _block_mask_for(pattern, q_len, kv_len, block_m, block_n, device) -> BlockMa
         return pattern.to(device)
     if not isinstance(pattern, (str, Pattern)):
         raise TypeError(f"attention: pattern must be a string, a Pattern or a BlockMask, got {type(pattern).__name__}")
-    parsed = parse(pattern)  # PatternError (with its caret) for bad text, before anything runs
-    block_m = _default_block(q_len) if block_m is None else _check_block("block_m", block_m)
-    block_n = _default_block(kv_len) if block_n is None else _check_block("block_n", block_n)
-    return compile_mask(parsed, q_len, kv_len, block_m=block_m, block_n=block_n, device=device)
+
+    def compile_it():
+        parsed = parse(pattern)  # PatternError (with its caret) for bad text, before anything runs
+        rows = _default_block(q_len) if block_m is None else _check_block("block_m", block_m)
+        cols = _default_block(kv_len) if block_n is None else _check_block("block_n", block_n)
+        return compile_mask(parsed, q_len, kv_len, block_m=rows, block_n=cols, device=device)
+
+    # The mask cache, first under the arguments as given (text or tree, a tensor's device, which
+    # has its index): a repeated call skips parsing and building compile_mask's canonical key.
+    # Bad arguments never get an entry, so they raise on every call.
+    return MASK_CACHE.get_or_build(("as given", pattern, q_len, kv_len, block_m, block_n, device), compile_it)
 
 
 def _check_kernel_mask(mask: BlockMask):

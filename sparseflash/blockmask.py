@@ -658,7 +658,7 @@ class _MaskCache:
             self._entries.clear()
 
 
-_CACHE = _MaskCache()
+MASK_CACHE = _MaskCache()
 
 
 def _check_sizes(q_len, kv_len, block_m, block_n):
@@ -694,7 +694,7 @@ def compile_mask(
     if not cache:
         return _build(pattern, geometry, device)
     key = (str(pattern), geometry, str(device))
-    return _CACHE.get_or_build(key, lambda: _build(pattern, geometry, device))
+    return MASK_CACHE.get_or_build(key, lambda: _build(pattern, geometry, device))
 
 
 def mask_from_dense(mask: torch.Tensor, *, block_m: int = 128, block_n: int = 128, device=None) -> BlockMask:

@@ -322,6 +322,74 @@ def test_kernels_really_run(monkeypatch):
     attention(q, q, q, "causal")
 
 
+# ---------------------------------------------------------------------------- prepared launches
+
+
+def _prepared_launches(mask) -> dict:
+    from sparseflash.kernels.common import _prepared
+
+    return _prepared.get(mask, {})
+
+
+def test_prepared_launches_follow_sizes_and_layouts():
+    """The launchers derive grid, lists and constexprs once per (mask, inputs' layout) and reuse
+    them (common.prepared_launch). One mask, calls that change what a launch depends on: batch,
+    heads (GQA), strides, the dlse gradient; each checked against the oracle, then the first call
+    repeated reuses its launches instead of preparing new ones."""
+    pattern = "local(20)+global(4)"
+    mask = sparseflash.compile_mask(pattern, 90, 90, block_m=32, block_n=32, cache=False)
+    allowed = sparseflash.parse(pattern).dense_mask(90, 90)
+    calls = [  # (batch, q heads, kv heads, layout, seed)
+        (1, 2, 1, "contiguous", 21),
+        (3, 2, 1, "contiguous", 22),  # more programs along batch * heads
+        (1, 4, 2, "contiguous", 23),  # other heads and groups
+        (2, 2, 2, "bshd", 24),  # other strides
+        (1, 2, 1, "bshd", 25),
+    ]
+    for batch, n_q_heads, n_kv_heads, layout, seed in calls:
+        q, k, v, dout, dlse = make_inputs(batch, n_q_heads, n_kv_heads, 90, 90, 32, torch.float16, seed, layout)
+        check_against_oracle(lambda *t: attention(*t, mask, return_lse=True), q, k, v, dout, dlse, allowed)
+    prepared = len(_prepared_launches(mask))
+    assert prepared == 2 * len(calls)  # a forward and a backward launch for each
+    q, k, v, dout, dlse = make_inputs(1, 2, 1, 90, 90, 32, torch.float16, 26)
+    check_against_oracle(lambda *t: attention(*t, mask, return_lse=True), q, k, v, dout, dlse, allowed)
+    assert len(_prepared_launches(mask)) == prepared
+
+
+def test_prepared_launches_follow_the_module_switches(monkeypatch):
+    """Switches that tests and benchmarks flip (here backward.DELTA_IN_DQ) are part of the key: a
+    launch prepared under one setting is not reused under the other."""
+    import sparseflash.kernels.backward as backward_kernels
+
+    mask = sparseflash.compile_mask("causal - local(10)", 70, 70, block_m=32, block_n=32, cache=False)
+    q, k, v, dout, dlse = make_inputs(1, 2, 1, 70, 70, 32, torch.float16, seed=27)
+    allowed = sparseflash.parse("causal - local(10)").dense_mask(70, 70)
+    for setting in (True, False):
+        monkeypatch.setattr(backward_kernels, "DELTA_IN_DQ", setting)
+        check_against_oracle(lambda *t: attention(*t, mask, return_lse=True), q, k, v, dout, dlse, allowed)
+    used = {launch.delta_in_dq for launch in _prepared_launches(mask).values() if hasattr(launch, "delta_in_dq")}
+    assert used == {True, False}
+
+
+def test_pattern_calls_reuse_the_compiled_mask():
+    """attention() with pattern text looks the mask up under its arguments as given; other lengths
+    or blocks get their own mask, and bad text raises on every call (never cached)."""
+    q = torch.randn(1, 1, 48, 16, dtype=torch.float16)
+    first = attention(q, q, q, "local(7) + sink(2)", block_m=16, block_n=16)
+    again = attention(q, q, q, "local(7) + sink(2)", block_m=16, block_n=16)
+    assert torch.equal(first, again)
+    key = ("as given", "local(7) + sink(2)", 48, 48, 16, 16, q.device)
+    mask = sparseflash.blockmask.MASK_CACHE.get_or_build(key, lambda: None)
+    assert mask is sparseflash.compile_mask("sink(2) | local(7)", 48, block_m=16, block_n=16)
+    shorter = q[:, :, :40]
+    allowed = sparseflash.parse("local(7) + sink(2)").dense_mask(40, 40)
+    out = attention(shorter, shorter, shorter, "local(7) + sink(2)", block_m=16, block_n=16)
+    assert torch.allclose(out.double(), reference_attention(shorter, shorter, shorter, allowed)[0], atol=2e-3)
+    for _ in range(2):
+        with pytest.raises(sparseflash.PatternError):
+            attention(q, q, q, "local(7) + ")
+
+
 # ------------------------------------------------------------------------------- dense vs SDPA
 
 

@@ -6,7 +6,7 @@ import torch
 
 import sparseflash
 from sparseflash import compile_mask, mask_from_dense, parse
-from sparseflash.blockmask import _CACHE, ascii_grid, reduce_grid
+from sparseflash.blockmask import MASK_CACHE, ascii_grid, reduce_grid
 
 EMPTY, PARTIAL, FULL = 0, 1, 2
 
@@ -180,7 +180,7 @@ def test_dense_flag_only_for_dense():
 
 
 def test_cache_is_keyed_by_canonical_pattern():
-    _CACHE.clear()
+    MASK_CACHE.clear()
     first = compile_mask("local(256)+global(4)", 1000)
     assert compile_mask("global(4) | local(256)", 1000) is first
     assert compile_mask("local(256)+global(4)", 1000, block_m=64) is not first
