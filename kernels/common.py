@@ -376,7 +376,8 @@ TMA_DEVICE = tl.constexpr(2)  # TMA through per-head descriptors each program bu
 
 def tma_mode(choice, *tensors: torch.Tensor, prefer_host: bool = True) -> int:
     """The USE_TMA value for a config's ``tma``: False pointers; True or "host" host descriptors;
-    "device" descriptors built in the kernel (needs Triton's allocator, installed here); None,
+    "device" descriptors built in the kernel (they need Triton's allocator, which
+    :func:`streamed_tiles` installs at every launch); None,
     where :func:`tma_supported`, host descriptors if ``prefer_host`` (see
     :func:`prefer_host_descriptors`) and this Triton has them, else kernel-built ones, and
     pointers elsewhere."""
@@ -391,7 +392,6 @@ def tma_mode(choice, *tensors: torch.Tensor, prefer_host: bool = True) -> int:
             if problem is not None:
                 raise ValueError(f"tma={choice!r}: a {tuple(t.shape)} input has {problem}; use tma=None or False")
     if choice == "device":
-        install_descriptor_allocator()
         return TMA_DEVICE.value
     if choice in (True, "host"):
         return TMA_HOST.value
@@ -444,6 +444,9 @@ def streamed_tiles(use_tma: int, block_rows: int, *tensors: torch.Tensor) -> tup
     over the (B*H*L, D) rows, where no tile crosses a head's end, instead of the 4-D ones. Their
     forward was 3-8% slower (dense 8k, D=128: 2.126 against 1.956 ms), their backward 4% faster
     on dense rows and 4% slower on short ones."""
+    if use_tma == TMA_DEVICE.value:
+        # Every launch, not once per prepared launch: Triton's allocator is per context (thread).
+        install_descriptor_allocator()
     if use_tma != TMA_HOST.value:
         return tensors
     if tensors[0].is_cuda:  # (the interpreter takes descriptors of CPU tensors)

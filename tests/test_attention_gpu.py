@@ -132,20 +132,27 @@ def test_against_flex_attention(case):
         check_close("flex " + name, g, s, o, dtype)
 
 
-def test_launchers_in_a_fresh_thread():
-    """The launchers in a thread whose first CUDA work is theirs, against the float64 oracle.
+@pytest.mark.parametrize("pattern", ["local(256)", "dense"])
+def test_launchers_in_a_fresh_thread(pattern):
+    """The launchers in a thread whose first CUDA work is theirs, against the float64 oracle,
+    with launches prepared in the main thread (``common.prepared_launch``), as autograd's device
+    thread runs a backward prepared by an earlier call on the main thread, or the other way round.
 
-    Host-built tensor descriptors need a current CUDA context at launch; once (in
-    benchmarks/experiments/host_paths.py, after a profiled run) a fresh thread had none and the
-    launch failed with "invalid device context", hence ``common.bind_cuda_context``. This test did
-    not reproduce that failure with the binding removed (H200, three variants), so what it checks
-    is that a fresh thread gets correct results, not the binding itself."""
+    Per-thread state a launch needs must be set per call, not when it is prepared:
+    - Kernel-built descriptors (the dense backward's) need Triton's allocator, which is per
+      context: once prepared launches skipped setting it, a backward first run by autograd's
+      thread then failed on the main thread ("no allocator was set", H200,
+      benchmarks/experiments/autograd_costs.py).
+    - Host-built descriptors need a current CUDA context at launch; once (in
+      benchmarks/experiments/host_paths.py, after a profiled run) a fresh thread had none and the
+      launch failed with "invalid device context", hence ``common.bind_cuda_context``. That
+      failure was not reproduced with the binding removed (H200, three variants)."""
     import threading
 
     from sparseflash.kernels.backward import attention_backward
     from sparseflash.kernels.forward import attention_forward
 
-    pattern, scale = "local(256)", 128**-0.5
+    scale = 128**-0.5
     q, k, v, dout, _ = make_inputs(1, 2, 2, 1024, 1024, 128, torch.bfloat16, seed=3)
     mask = sparseflash.compile_mask(pattern, 1024, device="cuda")
 
