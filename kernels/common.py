@@ -136,7 +136,6 @@ class ForwardConfig:
     tma: bool | str | None = None  # tile loads through tensor descriptors: None auto, False, True/'host', 'device' (tma_mode)
     list_slots: int | None = None  # block lists read this many entries at a time into registers; None/0: per step
     key_spans: bool = False  # mask partial steps by the mask's key spans where it has them, not by loading tiles
-    pipeline_qk: bool = False  # full blocks read per step: issue the next step's scores before this step's softmax
 
 
 @dataclass(frozen=True)

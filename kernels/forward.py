@@ -125,13 +125,6 @@ def _online_softmax_step(
         qk = tl.where(allowed, qk, float("-inf"))
     if MASK_MODE == _BOUNDS_MASK:
         qk = tl.where((start_n + offs_n)[None, :] < kv_len, qk, float("-inf"))
-    return _fold_scores(acc, m_i, l_i, qk, v, qk_scale, MASK_MODE, DOT_PRECISION)
-
-
-@triton.jit
-def _fold_scores(acc, m_i, l_i, qk, v, qk_scale, MASK_MODE: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """Fold one tile's unscaled, masked scores ``qk`` [BLOCK_M, BLOCK_N] and its values ``v``
-    [BLOCK_N, D] into the running (acc, m_i, l_i)."""
     # The scale is applied to the row max, not to every score, so that each probability is one
     # fused multiply-add and an exp2 (a plain dense kernel at D=128 ran 4-6% faster in the same run,
     # benchmarks/experiments/hopper_forward_h200_run.txt).
@@ -207,7 +200,6 @@ def _attention_forward_kernel(
     NARROW: tl.constexpr,
     SKIP_ACROSS: tl.constexpr,
     KEY_SPANS: tl.constexpr,
-    PIPELINE_QK: tl.constexpr,
 ):  # fmt: skip
     start_m, batch_head, item_begin, item_end, slot = program_item(
         item_lines, item_begins, item_ends, item_slots, BLOCK_M, MASK_BLOCK_M, HEAVY_FIRST, HEADS_FASTEST, SPLIT
@@ -302,25 +294,6 @@ def _attention_forward_kernel(
                         stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
                         _NO_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N,
                     )  # fmt: skip
-        elif PIPELINE_QK:
-            # The next step's scores are issued before this step's softmax, so the tensor cores
-            # compute them while the softmax runs (FlashAttention-3's intra-warpgroup overlap).
-            first_step = full_begin * N_STEPS
-            last_step = full_end * N_STEPS
-            if first_step < last_step:
-                start_n = tl.load(full_kv_indices + first_step // N_STEPS) * MASK_BLOCK_N + (first_step % N_STEPS) * BLOCK_N
-                k = load_tile(k_base, batch, kv_head, start_n, offs_n, offs_d, stride_kn, stride_kd, kv_len, False, BLOCK_N, HEAD_DIM, HEAD_DIM_PADDED, USE_TMA)
-                qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-                for step in range(first_step + 1, last_step):
-                    next_n = tl.load(full_kv_indices + step // N_STEPS) * MASK_BLOCK_N + (step % N_STEPS) * BLOCK_N
-                    k = load_tile(k_base, batch, kv_head, next_n, offs_n, offs_d, stride_kn, stride_kd, kv_len, False, BLOCK_N, HEAD_DIM, HEAD_DIM_PADDED, USE_TMA)
-                    qk_next = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-                    v = load_tile(v_base, batch, kv_head, start_n, offs_n, offs_d, stride_vn, stride_vd, kv_len, False, BLOCK_N, HEAD_DIM, HEAD_DIM_PADDED, USE_TMA)
-                    acc, m_i, l_i = _fold_scores(acc, m_i, l_i, qk, v, qk_scale, _NO_MASK, DOT_PRECISION)
-                    qk = qk_next
-                    start_n = next_n
-                v = load_tile(v_base, batch, kv_head, start_n, offs_n, offs_d, stride_vn, stride_vd, kv_len, False, BLOCK_N, HEAD_DIM, HEAD_DIM_PADDED, USE_TMA)
-                acc, m_i, l_i = _fold_scores(acc, m_i, l_i, qk, v, qk_scale, _NO_MASK, DOT_PRECISION)
         else:
             # Short rows: one flat loop over the listed blocks pipelines better than nested runs.
             for step in range(full_begin * N_STEPS, full_end * N_STEPS):
@@ -493,7 +466,6 @@ def _prepare_forward(q, k, v, mask, allow_tf32: bool, config: ForwardConfig | No
         NARROW=NARROW_WINDOW,
         SKIP_ACROSS=FORWARD_SKIP_ACROSS,
         KEY_SPANS=key_span_count(config, mask),
-        PIPELINE_QK=config.pipeline_qk and not mask.is_dense,
         DOT_PRECISION=dot_precision(q.dtype, allow_tf32),
         num_warps=config.num_warps,
         num_stages=config.num_stages,

@@ -1,10 +1,8 @@
-"""Short-row forward configs: whether issuing the next step's scores before this step's softmax
-(``ForwardConfig.pipeline_qk``) hides the latency the short-row forwards are bound by (an
-eligible warp in 30-38% of cycles, tensor pipe 46% busy: results/ncu/). The first version of this
-script (commit aad7604, results/forward_tiles.json) compared smaller query tiles instead, which fit
-three programs a multiprocessor: all slower.
+"""Short-row forward tiles: whether smaller query tiles, which fit three programs a
+multiprocessor instead of two, hide more latency (the short-row forwards are latency bound: an
+eligible warp in 30-38% of cycles, results/ncu/ncu_fwd_*.txt).
 
-    python benchmarks/experiments/forward_tiles.py   # on a GPU; writes results/forward_pipeline.json
+    python benchmarks/experiments/forward_tiles.py   # on a GPU; writes results/forward_tiles.json
 
 GPU milliseconds per call of the forward kernel (torch.profiler, 20 calls), bf16, D=128, B=1, 16 heads.
 """
@@ -26,12 +24,12 @@ from sparseflash.kernels.forward import attention_forward  # noqa: E402
 CASES = [("local(1k) & causal", 32768), ("butterfly(128)", 32768), ("local(256)", 32768), ("local(1k) & causal", 131072)]
 CONFIGS = {  # BLOCK_M queries x BLOCK_N keys a step
     "128x64, 4 warps, 2 stages, spans (default)": ForwardConfig(128, 64, num_warps=4, num_stages=2, key_spans=True),
-    "128x64, 4 warps, 2 stages, spans, pipelined QK": ForwardConfig(128, 64, num_warps=4, num_stages=2, key_spans=True, pipeline_qk=True),
-    "128x64, 8 warps, 2 stages, spans": ForwardConfig(128, 64, num_warps=8, num_stages=2, key_spans=True),
-    "128x64, 8 warps, 2 stages, spans, pipelined QK": ForwardConfig(128, 64, num_warps=8, num_stages=2, key_spans=True, pipeline_qk=True),
-    "128x128, 8 warps, 2 stages, spans": ForwardConfig(128, 128, num_warps=8, num_stages=2, key_spans=True),
-    "128x128, 8 warps, 2 stages, spans, pipelined QK": ForwardConfig(128, 128, num_warps=8, num_stages=2, key_spans=True, pipeline_qk=True),
-    "128x64, 4 warps, 3 stages, spans, pipelined QK": ForwardConfig(128, 64, num_warps=4, num_stages=3, key_spans=True, pipeline_qk=True),
+    "128x128, 8 warps, 2 stages, 16 slots": ForwardConfig(128, 128, num_warps=8, num_stages=2, list_slots=16),
+    "64x64, 4 warps, 2 stages, spans": ForwardConfig(64, 64, num_warps=4, num_stages=2, key_spans=True),
+    "64x64, 4 warps, 3 stages, spans": ForwardConfig(64, 64, num_warps=4, num_stages=3, key_spans=True),
+    "64x128, 4 warps, 2 stages, spans": ForwardConfig(64, 128, num_warps=4, num_stages=2, key_spans=True),
+    "64x128, 4 warps, 3 stages, spans": ForwardConfig(64, 128, num_warps=4, num_stages=3, key_spans=True),
+    "128x32, 4 warps, 3 stages, spans": ForwardConfig(128, 32, num_warps=4, num_stages=3, key_spans=True),
 }
 
 
@@ -50,7 +48,7 @@ def main() -> None:
             cells = "  ".join(f"{key} {value:.3f}" if isinstance(value, float) else f"{key} {value}" for key, value in times.items())
             print(f"{pattern:<20} {n:>6}  {name:<46} {cells}", flush=True)
         del q, k, v
-    save_results("forward_pipeline", {"rows": rows})
+    save_results("forward_tiles", {"rows": rows})
 
 
 if __name__ == "__main__":
