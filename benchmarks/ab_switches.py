@@ -24,6 +24,7 @@ import triton
 import sparseflash
 from results_file import save_results
 from sparseflash.kernels.backward import attention_backward
+from sparseflash.kernels.common import clear_prepared_launches
 from sparseflash.kernels.forward import attention_forward
 
 # (pattern, N, batch, heads), D=128.
@@ -36,6 +37,13 @@ CASES = [
     ("local(256)", 32768, 1, 16),
     ("strided(256)+local(128)", 8192, 2, 16),
 ]
+
+
+def set_switch(module, constant: str, value) -> None:
+    """Set a kernel module constant; launches prepared under the old value are dropped, since
+    not every constant is part of their key (common.prepared_launch)."""
+    setattr(module, constant, value)
+    clear_prepared_launches()
 
 
 def switch_target(spec: str):
@@ -81,7 +89,7 @@ def main() -> None:
                     row = dict(pattern=pattern, seq_len=seq_len, batch=batch, heads=heads, switch=switch, pass_=pass_name, default=default)
                     results = {}
                     for setting in settings:
-                        setattr(module, constant, setting)
+                        set_switch(module, constant, setting)
                         results[setting] = [t.clone() for t in run()]
                     row["rel_diff"] = max(relative_error(a, b) for a, b in zip(*results.values()))
                     if row["rel_diff"] > 1e-2:
@@ -90,7 +98,7 @@ def main() -> None:
                         times = {setting: [] for setting in settings}
                         for _ in range(args.rounds):
                             for setting in settings:
-                                setattr(module, constant, setting)
+                                set_switch(module, constant, setting)
                                 times[setting].append(triton.testing.do_bench(run, warmup=25, rep=150, return_mode="median"))
                         row["off_ms"], row["on_ms"] = (sum(times[s]) / len(times[s]) for s in settings)
                         row["off_over_on"] = row["off_ms"] / row["on_ms"]
@@ -98,7 +106,7 @@ def main() -> None:
                     rows.append(row)
                     print(format_row(row), flush=True)
             finally:
-                setattr(module, constant, default)
+                set_switch(module, constant, default)
         save_results(args.name, {"rounds": args.rounds, "rows": rows})
 
 

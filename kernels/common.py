@@ -493,7 +493,8 @@ def prepared_launch(mask, key: tuple, prepare):
     made on the first call and looked up after that: on the H200's host they cost 100-300 us a
     call, against ~50 us for Triton's own launch (benchmarks/experiments/exposed_host.py), and small
     problems wait on the host. ``key`` must hold everything ``prepare`` reads besides the mask
-    (see :func:`layout_key`).
+    (see :func:`layout_key`), including the module switches tests and benchmarks flip; code that
+    changes other module constants between calls calls :func:`clear_prepared_launches`.
     """
     entries = _prepared.get(mask)
     if entries is None:
@@ -504,6 +505,11 @@ def prepared_launch(mask, key: tuple, prepare):
             entries.clear()
         launch = entries[key] = prepare()
     return launch
+
+
+def clear_prepared_launches() -> None:
+    """Forget every prepared launch (after changing a module constant the keys do not hold)."""
+    _prepared.clear()
 
 
 def layout_key(*tensors: torch.Tensor) -> tuple:

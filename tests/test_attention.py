@@ -369,6 +369,11 @@ def test_prepared_launches_follow_the_module_switches(monkeypatch):
         check_against_oracle(lambda *t: attention(*t, mask, return_lse=True), q, k, v, dout, dlse, allowed)
     used = {launch.delta_in_dq for launch in _prepared_launches(mask).values() if hasattr(launch, "delta_in_dq")}
     assert used == {True, False}
+    # Constants outside the key: whoever changes one clears the prepared launches (ab_switches.py).
+    from sparseflash.kernels.common import clear_prepared_launches
+
+    clear_prepared_launches()
+    assert not _prepared_launches(mask)
 
 
 def test_pattern_calls_reuse_the_compiled_mask():
