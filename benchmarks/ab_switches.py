@@ -24,7 +24,7 @@ import triton
 import sparseflash
 from results_file import save_results
 from sparseflash.kernels.backward import attention_backward
-from sparseflash.kernels.common import clear_prepared_launches
+from sparseflash.kernels.launch import clear_prepared_launches
 from sparseflash.kernels.forward import attention_forward
 
 # (pattern, N, batch, heads), D=128.
@@ -41,7 +41,7 @@ CASES = [
 
 def set_switch(module, constant: str, value) -> None:
     """Set a kernel module constant; launches prepared under the old value are dropped, since
-    not every constant is part of their key (common.prepared_launch)."""
+    not every constant is part of their key (launch.prepared_launch)."""
     setattr(module, constant, value)
     clear_prepared_launches()
 

@@ -33,26 +33,19 @@ import triton
 import triton.language as tl
 
 from .common import (
-    auto_schedule,
-    walk_full_blocks_as_runs,
     LOG2E,
     BackwardConfig,
     check_tile,
-    column_list_arguments,
     default_backward_config,
     dot_precision,
     head_dim_padded,
     key_span_count,
     row_class,
-    launch_grid,
-    layout_key,
     load_rows,
     load_tile_mask,
     partial_parts,
     new_output,
     on_device_of,
-    row_list_arguments,
-    schedule_constants,
     store_rows,
     load_tile,
     run_tile_start,
@@ -62,12 +55,10 @@ from .common import (
     WALK_REVERSE,
     TMA_OFF,
     tile_source,
-    tma_mode,
-    prefer_host_descriptors,
-    prepared_launch,
 )
 from ..blockmask import NARROW_WINDOW
-from .split import SplitPlan, item_arguments, item_block_ranges, merge_sum, new_scratch, plan_for, program_item, scratch_rows
+from .launch import LineLaunch, layout_key, line_launch, prepared_launch
+from .split import item_block_ranges, merge_sum, new_scratch, program_item, scratch_rows
 
 _NO_MASK = tl.constexpr(0)  # full block (or a whole dense tile)
 _TILE_MASK = tl.constexpr(1)  # partial block: the uint8 tile (0 also on padding)
@@ -587,21 +578,11 @@ def _attention_backward_dq_kernel(
 
 
 @dataclass(frozen=True)
-class _KernelLaunch:
-    """One backward kernel's launch besides the tensors' values (``common.prepared_launch``)."""
-
-    grid: tuple
-    plan: SplitPlan | None  # split lines, or None
-    use_tma: int  # common.tma_mode, for the tiles this kernel streams
-    streamed_rows: int  # rows of those tiles (their descriptors' boxes)
-    lists: tuple  # the mask's lists and the launch's items, in the kernel's order
-    constants: dict  # constexprs and launch settings
-
-
-@dataclass(frozen=True)
 class _BackwardLaunch:
-    dkdv: _KernelLaunch
-    dq: _KernelLaunch
+    """The backward's launches besides the tensors' values (``launch.prepared_launch``)."""
+
+    dkdv: LineLaunch
+    dq: LineLaunch
     delta_in_dq: bool  # dQ computes delta and runs first; else the preprocess kernel does
     head_dim_padded: int
 
@@ -695,8 +676,8 @@ def attention_backward(
 
 def _prepare_backward(q, k, v, dout, mask, allow_tf32: bool, config: BackwardConfig | None, has_dlse: bool) -> _BackwardLaunch:
     """The backward launches' choices for this mask and these inputs' layout (not their values)."""
-    batch, n_q_heads, q_len, head_dim = q.shape
-    n_kv_heads, kv_len = k.shape[1], k.shape[2]
+    batch, n_q_heads, _, head_dim = q.shape
+    n_kv_heads = k.shape[1]
     padded = head_dim_padded(head_dim)
     if config is None:
         config = default_backward_config(padded, q.dtype, mask)
@@ -708,7 +689,6 @@ def _prepare_backward(q, k, v, dout, mask, allow_tf32: bool, config: BackwardCon
     ):
         check_tile(name, tile, mask_block, mask.is_dense)
     delta_here = delta_in_dq(mask)
-    full_runs = walk_full_blocks_as_runs(config, mask)
     common = dict(
         GROUP_SIZE=n_q_heads // n_kv_heads,
         HEAD_DIM=head_dim,
@@ -722,48 +702,26 @@ def _prepare_backward(q, k, v, dout, mask, allow_tf32: bool, config: BackwardCon
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
-
-    column_schedule = config.schedule or auto_schedule(mask, by_rows=False)
-    column_plan = plan_for(config, mask, column_schedule, batch * n_kv_heads, q.device, by_rows=False)
-    column_lists = column_list_arguments(mask, q.device)
-    tma_columns = tma_mode(config.tma, q, k, v, dout, prefer_host=prefer_host_descriptors(mask, by_rows=False, backward=True))
-    dkdv = _KernelLaunch(
-        grid=launch_grid(kv_len, config.block_n1, mask.block_n, batch * n_kv_heads, column_schedule, mask.is_dense, column_plan),
-        plan=column_plan,
-        use_tma=tma_columns,
-        streamed_rows=config.block_m1,
-        lists=(*column_lists[:-1], *item_arguments(column_plan, column_lists[-1])),
+    # dK/dV walks columns and streams Q and dO tiles, dQ walks rows and streams K and V: each gets
+    # its own schedule, split plan and kind of descriptor.
+    dkdv = line_launch(
+        config, mask, (q, k, v, dout), by_rows=False, backward=True, n_batch_heads=batch * n_kv_heads,
+        tile=config.block_n1, streamed_rows=config.block_m1,
         constants=dict(
             BLOCK_M=config.block_m1,
             BLOCK_N=config.block_n1,
-            **schedule_constants(column_schedule, mask.is_dense),
-            FULL_RUNS=column_plan is None and full_runs,
-            SPLIT=column_plan is not None,
-            USE_TMA=tma_columns,
             WALK=DKDV_WALK,
             SKIP_ACROSS=DKDV_SKIP_ACROSS,
             HAS_NARROW=not mask.is_dense and mask.narrow_col_blocks + mask.across_col_blocks > 0,
             **common,
         ),
-    )
-
-    row_schedule = config.schedule or auto_schedule(mask, by_rows=True)
-    row_plan = plan_for(config, mask, row_schedule, batch * n_q_heads, q.device, by_rows=True)
-    row_lists = row_list_arguments(mask, q.device)
-    tma_rows = tma_mode(config.tma, q, k, v, dout, prefer_host=prefer_host_descriptors(mask, by_rows=True, backward=True))
-    dq = _KernelLaunch(
-        grid=launch_grid(q_len, config.block_m2, mask.block_m, batch * n_q_heads, row_schedule, mask.is_dense, row_plan),
-        plan=row_plan,
-        use_tma=tma_rows,
-        streamed_rows=config.block_n2,
-        lists=(*row_lists[:-1], *item_arguments(row_plan, row_lists[-1])),
+    )  # fmt: skip
+    dq = line_launch(
+        config, mask, (q, k, v, dout), by_rows=True, backward=True, n_batch_heads=batch * n_q_heads,
+        tile=config.block_m2, streamed_rows=config.block_n2,
         constants=dict(
             BLOCK_M=config.block_m2,
             BLOCK_N=config.block_n2,
-            **schedule_constants(row_schedule, mask.is_dense),
-            FULL_RUNS=row_plan is None and full_runs,
-            SPLIT=row_plan is not None,
-            USE_TMA=tma_rows,
             WALK=DQ_WALK,
             SKIP_ACROSS=DQ_SKIP_ACROSS,
             HAS_NARROW=not mask.is_dense and mask.narrow_row_blocks + mask.across_row_blocks > 0,
@@ -771,5 +729,5 @@ def _prepare_backward(q, k, v, dout, mask, allow_tf32: bool, config: BackwardCon
             HAS_DLSE=has_dlse,
             **common,
         ),
-    )
+    )  # fmt: skip
     return _BackwardLaunch(dkdv=dkdv, dq=dq, delta_in_dq=delta_here, head_dim_padded=padded)

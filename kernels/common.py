@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import weakref
 from dataclasses import dataclass, replace
 
 import torch
@@ -475,47 +474,6 @@ def bind_cuda_context(device: torch.device) -> None:
     if index not in devices:
         torch.cuda.current_stream(index).query()
         devices.add(index)
-
-
-# ------------------------------------------------------------------------------ prepared launches
-
-# Per mask: launches prepared by the launchers, keyed by everything they were derived from.
-_prepared: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-# Entries kept per mask; past it the mask's entries are dropped (varying batch sizes, say).
-PREPARED_PER_MASK = 32
-
-
-def prepared_launch(mask, key: tuple, prepare):
-    """``prepare()``'s result for ``mask`` and ``key``, computed once and then reused.
-
-    A launcher's choices (config, schedule, split plan, grid, block lists, descriptor kind,
-    constexprs) depend only on the mask and the inputs' layout, not on their values, so they are
-    made on the first call and looked up after that: on the H200's host they cost 100-300 us a
-    call, against ~50 us for Triton's own launch (benchmarks/experiments/exposed_host.py), and small
-    problems wait on the host. ``key`` must hold everything ``prepare`` reads besides the mask
-    (see :func:`layout_key`), including the module switches tests and benchmarks flip; code that
-    changes other module constants between calls calls :func:`clear_prepared_launches`.
-    """
-    entries = _prepared.get(mask)
-    if entries is None:
-        entries = _prepared.setdefault(mask, {})
-    launch = entries.get(key)
-    if launch is None:
-        if len(entries) >= PREPARED_PER_MASK:
-            entries.clear()
-        launch = entries[key] = prepare()
-    return launch
-
-
-def clear_prepared_launches() -> None:
-    """Forget every prepared launch (after changing a module constant the keys do not hold)."""
-    _prepared.clear()
-
-
-def layout_key(*tensors: torch.Tensor) -> tuple:
-    """What a launch's choices read from its tensors: shapes, strides, dtype, device, and whether
-    each base address is 16-byte aligned (TMA needs it: :func:`tma_supported`)."""
-    return tuple((t.shape, t.stride(), t.dtype, t.device, t.data_ptr() % 16 == 0) for t in tensors)
 
 
 def check_tile(name: str, tile: int, mask_block: int, is_dense: bool):

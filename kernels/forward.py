@@ -28,15 +28,11 @@ tile and masks only the last one, when kv_len is not a multiple of BLOCK_N.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import triton
 import triton.language as tl
 
 from .common import (
-    auto_schedule,
-    walk_full_blocks_as_runs,
     LN2_JIT,
     LOG2E,
     ForwardConfig,
@@ -45,15 +41,11 @@ from .common import (
     dot_precision,
     head_dim_padded,
     key_span_count,
-    launch_grid,
-    layout_key,
     load_rows,
     load_tile_mask,
     partial_parts,
     new_output,
     on_device_of,
-    row_list_arguments,
-    schedule_constants,
     store_rows,
     load_tile,
     run_tile_start,
@@ -62,12 +54,10 @@ from .common import (
     WALK_REVERSE,
     TMA_OFF,
     tile_source,
-    tma_mode,
-    prefer_host_descriptors,
-    prepared_launch,
 )
 from ..blockmask import NARROW_WINDOW
-from .split import SplitPlan, item_arguments, item_block_ranges, merge_softmax, new_scratch, plan_for, program_item, scratch_rows
+from .launch import LineLaunch, layout_key, line_launch, prepared_launch
+from .split import item_block_ranges, merge_softmax, new_scratch, program_item, scratch_rows
 
 # The order in which the forward walks runs of full blocks and dense rows (common.WALK_*). Keys
 # from the last backwards: as fast or up to 2% faster, H200, means of two runs each
@@ -367,20 +357,6 @@ def _attention_forward_kernel(
         tl.store(lse_base + start_m + offs_m, lse, mask=(start_m + offs_m) < q_len)
 
 
-@dataclass(frozen=True)
-class _ForwardLaunch:
-    """What the forward launch takes besides the tensors' values: derived once per mask and
-    layout (``common.prepared_launch``)."""
-
-    grid: tuple
-    plan: SplitPlan | None  # split rows, or None
-    use_tma: int  # common.tma_mode
-    block_n: int  # rows of the streamed K/V tiles (their descriptors' boxes)
-    head_dim_padded: int
-    lists: tuple  # the mask's row lists and the launch's items, in the kernel's order
-    constants: dict  # constexprs and launch settings
-
-
 def attention_forward(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -404,7 +380,7 @@ def attention_forward(
         # |scale| * (-q).k, and as 1 * 0.k for scale 0 (a rare case: it costs a copy of q).
         q, scale = (-q, -scale) if scale < 0 else (torch.zeros_like(q), 1.0)
     key = ("forward", config, allow_tf32, FORWARD_WALK, FORWARD_SKIP_ACROSS, *layout_key(q, k, v))
-    launch = prepared_launch(mask, key, lambda: _prepare_forward(q, k, v, mask, allow_tf32, config))
+    launch = prepared_launch(mask, key, lambda: _prepare_forward(q, k, v, mask, allow_tf32, config))  # a LineLaunch
     batch, n_q_heads, q_len, _ = q.shape
     kv_len = k.shape[2]
     if out is None:
@@ -413,11 +389,11 @@ def attention_forward(
         lse = new_output((batch, n_q_heads, q_len), torch.float32, q.device)
     plan = launch.plan
     if plan is not None:
-        out_part = new_scratch(plan, batch * n_q_heads, mask.block_m, launch.head_dim_padded, q.device)
+        out_part = new_scratch(plan, batch * n_q_heads, mask.block_m, launch.constants["HEAD_DIM_PADDED"], q.device)
         lse_part = new_scratch(plan, batch * n_q_heads, mask.block_m, 1, q.device)
     else:
         out_part = lse_part = out  # unused
-    k_tiles, v_tiles = streamed_tiles(launch.use_tma, launch.block_n, k, v)
+    k_tiles, v_tiles = streamed_tiles(launch.use_tma, launch.streamed_rows, k, v)
     with on_device_of(q):
         _attention_forward_kernel[launch.grid](
             q, k_tiles, v_tiles, k, v, out, lse, out_part, lse_part, *launch.lists,
@@ -430,7 +406,7 @@ def attention_forward(
     return out, lse
 
 
-def _prepare_forward(q, k, v, mask, allow_tf32: bool, config: ForwardConfig | None) -> _ForwardLaunch:
+def _prepare_forward(q, k, v, mask, allow_tf32: bool, config: ForwardConfig | None) -> LineLaunch:
     """The forward launch's choices for this mask and these inputs' layout (not their values)."""
     batch, n_q_heads, q_len, head_dim = q.shape
     n_kv_heads = k.shape[1]
@@ -441,11 +417,6 @@ def _prepare_forward(q, k, v, mask, allow_tf32: bool, config: ForwardConfig | No
         raise ValueError(f"list_slots={config.list_slots}: must be a power of two (a register vector), or 0/None for none")
     check_tile("block_m", config.block_m, mask.block_m, mask.is_dense)
     check_tile("block_n", config.block_n, mask.block_n, mask.is_dense)
-    schedule = config.schedule or auto_schedule(mask, by_rows=True)
-    plan = plan_for(config, mask, schedule, batch * n_q_heads, q.device, by_rows=True)
-    grid = launch_grid(q_len, config.block_m, mask.block_m, batch * n_q_heads, schedule, mask.is_dense, plan)
-    row_lists = row_list_arguments(mask, q.device)
-    use_tma = tma_mode(config.tma, q, k, v, prefer_host=prefer_host_descriptors(mask, by_rows=True, backward=False))
     constants = dict(
         GROUP_SIZE=n_q_heads // n_kv_heads,
         HEAD_DIM=head_dim,
@@ -455,11 +426,7 @@ def _prepare_forward(q, k, v, mask, allow_tf32: bool, config: ForwardConfig | No
         MASK_BLOCK_M=mask.block_m,
         MASK_BLOCK_N=mask.block_n,
         IS_DENSE=mask.is_dense,
-        **schedule_constants(schedule, mask.is_dense),
-        FULL_RUNS=plan is None and walk_full_blocks_as_runs(config, mask),
         LIST_SLOTS=config.list_slots or 0,
-        SPLIT=plan is not None,
-        USE_TMA=use_tma,
         WALK=FORWARD_WALK,
         HAS_PARTIAL=mask.is_dense or mask.n_partial > 0,
         HAS_NARROW=not mask.is_dense and mask.narrow_row_blocks + mask.across_row_blocks > 0,
@@ -470,5 +437,7 @@ def _prepare_forward(q, k, v, mask, allow_tf32: bool, config: ForwardConfig | No
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
-    lists = (*row_lists[:-1], *item_arguments(plan, row_lists[-1]))
-    return _ForwardLaunch(grid, plan, use_tma, config.block_n, padded, lists, constants)
+    return line_launch(
+        config, mask, (q, k, v), by_rows=True, backward=False, n_batch_heads=batch * n_q_heads,
+        tile=config.block_m, streamed_rows=config.block_n, constants=constants,
+    )  # fmt: skip

@@ -326,14 +326,14 @@ def test_kernels_really_run(monkeypatch):
 
 
 def _prepared_launches(mask) -> dict:
-    from sparseflash.kernels.common import _prepared
+    from sparseflash.kernels.launch import _prepared
 
     return _prepared.get(mask, {})
 
 
 def test_prepared_launches_follow_sizes_and_layouts():
     """The launchers derive grid, lists and constexprs once per (mask, inputs' layout) and reuse
-    them (common.prepared_launch). One mask, calls that change what a launch depends on: batch,
+    them (launch.prepared_launch). One mask, calls that change what a launch depends on: batch,
     heads (GQA), strides, the dlse gradient; each checked against the oracle, then the first call
     repeated reuses its launches instead of preparing new ones."""
     pattern = "local(20)+global(4)"
@@ -370,7 +370,7 @@ def test_prepared_launches_follow_the_module_switches(monkeypatch):
     used = {launch.delta_in_dq for launch in _prepared_launches(mask).values() if hasattr(launch, "delta_in_dq")}
     assert used == {True, False}
     # Constants outside the key: whoever changes one clears the prepared launches (ab_switches.py).
-    from sparseflash.kernels.common import clear_prepared_launches
+    from sparseflash.kernels.launch import clear_prepared_launches
 
     clear_prepared_launches()
     assert not _prepared_launches(mask)

@@ -135,7 +135,7 @@ def test_against_flex_attention(case):
 @pytest.mark.parametrize("pattern", ["local(256)", "dense"])
 def test_launchers_in_a_fresh_thread(pattern):
     """The launchers in a thread whose first CUDA work is theirs, against the float64 oracle,
-    with launches prepared in the main thread (``common.prepared_launch``), as autograd's device
+    with launches prepared in the main thread (``launch.prepared_launch``), as autograd's device
     thread runs a backward prepared by an earlier call on the main thread, or the other way round.
 
     Per-thread state a launch needs must be set per call, not when it is prepared:
