@@ -57,8 +57,7 @@ from .common import (
     tile_source,
 )
 from ..blockmask import NARROW_WINDOW
-from . import launch as launches
-from .launch import SEPARATE_DKDV, SEPARATE_DQ, LineLaunch, layout_key, line_launch, prepared_launch
+from .launch import LineLaunch, layout_key, line_launch, prepared_launch
 from .split import item_block_ranges, merge_sum, new_scratch, program_item, scratch_rows
 
 _NO_MASK = tl.constexpr(0)  # full block (or a whole dense tile)
@@ -585,6 +584,7 @@ class _BackwardLaunch:
     dkdv: LineLaunch
     dq: LineLaunch
     delta_in_dq: bool  # dQ computes delta and runs first; else the preprocess kernel does
+    head_dim_padded: int
 
 
 def attention_backward(
@@ -608,7 +608,7 @@ def attention_backward(
     ``out`` and ``lse`` are the forward's results; ``dlse`` (B, Hq, Lq), if given, is the gradient
     of the lse output. ``config`` overrides tiles and launch settings.
     """
-    switches = (DKDV_WALK, DQ_WALK, DKDV_SKIP_ACROSS, DQ_SKIP_ACROSS, DELTA_IN_DQ, launches.SEPARATE_LONG_LINES)
+    switches = (DKDV_WALK, DQ_WALK, DKDV_SKIP_ACROSS, DQ_SKIP_ACROSS, DELTA_IN_DQ)
     key = ("backward", config, allow_tf32, dlse is not None, *switches, *layout_key(q, k, v, dout))
     launch = prepared_launch(mask, key, lambda: _prepare_backward(q, k, v, dout, mask, allow_tf32, config, dlse is not None))
     batch, n_q_heads, q_len, head_dim = q.shape
@@ -621,42 +621,39 @@ def attention_backward(
     dk = new_output(k.shape, k.dtype, k.device)
     dv = new_output(v.shape, v.dtype, v.device)
     dlse_pointer = dlse if dlse is not None else delta  # any tensor: the kernels read it only with HAS_DLSE
+    # dK/dV streams Q and dO tiles, dQ streams K and V: each kernel gets its own kind of descriptor.
+    q_tiles, do_tiles = streamed_tiles(launch.dkdv.use_tma, launch.dkdv.streamed_rows, q, dout)
+    k_tiles, v_tiles = streamed_tiles(launch.dq.use_tma, launch.dq.streamed_rows, k, v)
     scales = (scale * LOG2E, scale)
-    padded = head_dim_padded(head_dim)
 
     def dkdv_pass():
-        plan = launch.dkdv.plan
-        if plan is not None:
-            dk_part = new_scratch(plan, batch * n_kv_heads, mask.block_n, padded, q.device)
-            dv_part = new_scratch(plan, batch * n_kv_heads, mask.block_n, padded, q.device)
+        run = launch.dkdv
+        if run.plan is not None:
+            dk_part = new_scratch(run.plan, batch * n_kv_heads, mask.block_n, launch.head_dim_padded, q.device)
+            dv_part = new_scratch(run.plan, batch * n_kv_heads, mask.block_n, launch.head_dim_padded, q.device)
         else:
             dk_part = dv_part = dk  # unused
-        for part in launch.dkdv.parts:
-            # dK/dV streams Q and dO tiles, dQ streams K and V: each part gets its own descriptors.
-            q_tiles, do_tiles = streamed_tiles(part.use_tma, part.streamed_rows, q, dout)
-            _attention_backward_dkdv_kernel[part.grid](
-                q_tiles, k, v, do_tiles, q, dout, lse, delta, dk, dv, dk_part, dv_part, *part.lists,
-                *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(),
-                n_kv_heads, batch * n_kv_heads, q_len, kv_len, *scales,
-                **part.constants,
-            )  # fmt: skip
-        if plan is not None:
-            merge_sum(plan, dk_part, dk, mask.block_n)
-            merge_sum(plan, dv_part, dv, mask.block_n)
+        _attention_backward_dkdv_kernel[run.grid](
+            q_tiles, k, v, do_tiles, q, dout, lse, delta, dk, dv, dk_part, dv_part, *run.lists,
+            *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(),
+            n_kv_heads, batch * n_kv_heads, q_len, kv_len, *scales,
+            **run.constants,
+        )  # fmt: skip
+        if run.plan is not None:
+            merge_sum(run.plan, dk_part, dk, mask.block_n)
+            merge_sum(run.plan, dv_part, dv, mask.block_n)
 
     def dq_pass():
-        plan = launch.dq.plan
-        dq_part = dq if plan is None else new_scratch(plan, batch * n_q_heads, mask.block_m, padded, q.device)
-        for part in launch.dq.parts:
-            k_tiles, v_tiles = streamed_tiles(part.use_tma, part.streamed_rows, k, v)
-            _attention_backward_dq_kernel[part.grid](
-                q, k_tiles, v_tiles, dout, k, v, lse, delta, dq, dq_part, out, dlse_pointer, *part.lists,
-                *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(), *out.stride(),
-                n_q_heads, batch * n_q_heads, q_len, kv_len, *scales,
-                **part.constants,
-            )  # fmt: skip
-        if plan is not None:
-            merge_sum(plan, dq_part, dq, mask.block_m)
+        run = launch.dq
+        dq_part = dq if run.plan is None else new_scratch(run.plan, batch * n_q_heads, mask.block_m, launch.head_dim_padded, q.device)
+        _attention_backward_dq_kernel[run.grid](
+            q, k_tiles, v_tiles, dout, k, v, lse, delta, dq, dq_part, out, dlse_pointer, *run.lists,
+            *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(), *out.stride(),
+            n_q_heads, batch * n_q_heads, q_len, kv_len, *scales,
+            **run.constants,
+        )  # fmt: skip
+        if run.plan is not None:
+            merge_sum(run.plan, dq_part, dq, mask.block_m)
 
     with on_device_of(q):
         if launch.delta_in_dq:
@@ -669,7 +666,7 @@ def attention_backward(
                 n_q_heads, q_len,
                 HAS_DLSE=dlse is not None,
                 HEAD_DIM=head_dim,
-                HEAD_DIM_PADDED=padded,
+                HEAD_DIM_PADDED=launch.head_dim_padded,
                 BLOCK_M=preprocess_block_m,
             )  # fmt: skip
             dkdv_pass()
@@ -706,19 +703,23 @@ def _prepare_backward(q, k, v, dout, mask, allow_tf32: bool, config: BackwardCon
         num_stages=config.num_stages,
     )
     # dK/dV walks columns and streams Q and dO tiles, dQ walks rows and streams K and V: each gets
-    # its own schedule, split plan and kind of descriptor. Both use one config for every part.
-    def dkdv_settings(config: BackwardConfig):
-        return config.block_n1, config.block_m1, dict(
+    # its own schedule, split plan and kind of descriptor.
+    dkdv = line_launch(
+        config, mask, (q, k, v, dout), by_rows=False, backward=True, n_batch_heads=batch * n_kv_heads,
+        tile=config.block_n1, streamed_rows=config.block_m1,
+        constants=dict(
             BLOCK_M=config.block_m1,
             BLOCK_N=config.block_n1,
             WALK=DKDV_WALK,
             SKIP_ACROSS=DKDV_SKIP_ACROSS,
             HAS_NARROW=not mask.is_dense and mask.narrow_col_blocks + mask.across_col_blocks > 0,
             **common,
-        )
-
-    def dq_settings(config: BackwardConfig):
-        return config.block_m2, config.block_n2, dict(
+        ),
+    )  # fmt: skip
+    dq = line_launch(
+        config, mask, (q, k, v, dout), by_rows=True, backward=True, n_batch_heads=batch * n_q_heads,
+        tile=config.block_m2, streamed_rows=config.block_n2,
+        constants=dict(
             BLOCK_M=config.block_m2,
             BLOCK_N=config.block_n2,
             WALK=DQ_WALK,
@@ -727,15 +728,6 @@ def _prepare_backward(q, k, v, dout, mask, allow_tf32: bool, config: BackwardCon
             DELTA_HERE=delta_here,
             HAS_DLSE=has_dlse,
             **common,
-        )
-
-    streamed = (q, k, v, dout)
-    dkdv = line_launch(
-        config, mask, streamed, by_rows=False, backward=True, n_batch_heads=batch * n_kv_heads, settings=dkdv_settings,
-        separate=bool(launches.SEPARATE_LONG_LINES & SEPARATE_DKDV),
+        ),
     )  # fmt: skip
-    dq = line_launch(
-        config, mask, streamed, by_rows=True, backward=True, n_batch_heads=batch * n_q_heads, settings=dq_settings,
-        separate=bool(launches.SEPARATE_LONG_LINES & SEPARATE_DQ),
-    )  # fmt: skip
-    return _BackwardLaunch(dkdv=dkdv, dq=dq, delta_in_dq=delta_here)
+    return _BackwardLaunch(dkdv=dkdv, dq=dq, delta_in_dq=delta_here, head_dim_padded=padded)

@@ -77,18 +77,17 @@ def _placeholders(device) -> tuple:
     return (index,) * 12 + (torch.zeros(1, dtype=torch.uint8, device=device), index, index)
 
 
-def launch_grid(length: int, block: int, mask_block: int, n_batch_heads: int, schedule: Schedule, is_dense: bool, n_items: int | None = None) -> tuple:
+def launch_grid(length: int, block: int, mask_block: int, n_batch_heads: int, schedule: Schedule, is_dense: bool, plan=None) -> tuple:
     """The grid over kernel tiles of ``block`` rows (of ``length``) and batch*heads, in the order
     ``split.program_item`` reads it.
 
-    Heavy-first programs count work items of ``mask_block // block`` tiles each: ``n_items`` (a
-    split plan's items, or the lines a launch walks), by default every mask line. Counting whole
-    mask blocks matters: the mask block holding the sequence end may be started early, and then
-    the rank of its last tile (past the end, a program that stores nothing) must not crowd out a
-    real tile at the end of the grid.
+    Heavy-first programs count work items of ``mask_block // block`` tiles each: the mask lines, or
+    with a split ``plan`` its items. Counting whole mask blocks matters: the mask block holding the
+    sequence end may be started early, and then the rank of its last tile (past the end, a program
+    that stores nothing) must not crowd out a real tile at the end of the grid.
     """
     if schedule.heavy_first and not is_dense:
-        n_items = n_items if n_items is not None else triton.cdiv(length, mask_block)
+        n_items = plan.n_items if plan is not None else triton.cdiv(length, mask_block)
         n_tiles = n_items * (mask_block // block)
     else:
         n_tiles = triton.cdiv(length, block)
@@ -216,8 +215,6 @@ for _rows in ("dense", "long", "short"):
 # 0.70-0.78 -> 1.85-2.32 ms), nor with two spans a row (unmeasured beyond that).
 TWO_PER_SM_FORWARD = {(128, True): ForwardConfig(128, 64, num_warps=4, num_stages=2, list_slots=16)}
 TWO_PER_SM_SPANS_FORWARD = {key: replace(config, list_slots=None, key_spans=True) for key, config in TWO_PER_SM_FORWARD.items()}
-# The most key spans a row for which short rows with partial blocks get TWO_PER_SM_SPANS_FORWARD.
-TWO_PER_SM_MAX_SPANS = 1
 
 # Rows with at least this many keys in non-empty blocks on average count as long (16 blocks of 128).
 # Counted in keys, not blocks: 64x64 masks of `local(1k) & causal` once crossed a 16-block line
@@ -250,7 +247,7 @@ def auto_schedule(mask, by_rows: bool) -> Schedule:
     return Schedule(heavy_first=True, heads_fastest=has_long_lines(mask, by_rows))
 
 
-def prefer_host_descriptors(mask, by_rows: bool, backward: bool, long_lines: bool | None = None) -> bool:
+def prefer_host_descriptors(mask, by_rows: bool, backward: bool) -> bool:
     """Whether a launch should load its tiles through host-built descriptors rather than ones each
     program builds (when both can: :func:`tma_mode`). ``by_rows``: the forward and dQ kernels,
     which walk rows; else the dK/dV kernel, which walks columns.
@@ -266,13 +263,11 @@ def prefer_host_descriptors(mask, by_rows: bool, backward: bool, long_lines: boo
       columns: dK/dV faster with host descriptors under long lines too: local(256)+global(4)
                1.206 -> 1.126 ms, local(256)+sink(4) 1.026 -> 0.950, local(256) 0.868 -> 0.829.
     Earlier: forward dense 8k D=128 1.07x, causal 1.03-1.05x (results/tma_modes_4.json).
-    ``long_lines``: whether the launch walks long lines (default: whether the mask has any); a
-    launch of a mask's short lines alone (``launch.line_launch``) does not.
     """
     if mask.is_dense:
         return not backward
     if by_rows:
-        return not (has_long_lines(mask, True) if long_lines is None else long_lines)
+        return not has_long_lines(mask, True)
     return True
 
 
@@ -304,16 +299,13 @@ def fit_tile(wanted: int, mask_block: int, length: int) -> int:
     return max(tile, 16)
 
 
-def default_forward_config(head_dim_padded, dtype, mask, short_lines: bool = False) -> ForwardConfig:
-    """The tuned forward config for this mask. ``short_lines``: for a launch of the mask's short
-    rows alone, apart from its long ones (``launch.line_launch``), which may then fit two programs
-    a multiprocessor."""
+def default_forward_config(head_dim_padded, dtype, mask) -> ForwardConfig:
     key = _table_key(head_dim_padded, dtype, row_class(mask))
     base = FORWARD_DEFAULTS[key]
-    if key[2] == "short" and (short_lines or not has_long_lines(mask, by_rows=True)):
+    if key[2] == "short" and not has_long_lines(mask, by_rows=True):
         if mask.n_partial == 0:
             base = TWO_PER_SM_FORWARD.get(key[:2], base)
-        elif 1 <= mask.key_spans <= TWO_PER_SM_MAX_SPANS:
+        elif mask.key_spans == 1:
             base = TWO_PER_SM_SPANS_FORWARD.get(key[:2], base)
     return replace(
         base,

@@ -56,8 +56,7 @@ from .common import (
     tile_source,
 )
 from ..blockmask import NARROW_WINDOW
-from . import launch as launches
-from .launch import SEPARATE_FORWARD, LineLaunch, layout_key, line_launch, prepared_launch
+from .launch import LineLaunch, layout_key, line_launch, prepared_launch
 from .split import item_block_ranges, merge_softmax, new_scratch, program_item, scratch_rows
 
 # The order in which the forward walks runs of full blocks and dense rows (common.WALK_*). Keys
@@ -380,9 +379,9 @@ def attention_forward(
         # The kernel scales row maxima, which needs scale > 0; scale * q.k is the same as
         # |scale| * (-q).k, and as 1 * 0.k for scale 0 (a rare case: it costs a copy of q).
         q, scale = (-q, -scale) if scale < 0 else (torch.zeros_like(q), 1.0)
-    key = ("forward", config, allow_tf32, FORWARD_WALK, FORWARD_SKIP_ACROSS, launches.SEPARATE_LONG_LINES, *layout_key(q, k, v))
+    key = ("forward", config, allow_tf32, FORWARD_WALK, FORWARD_SKIP_ACROSS, *layout_key(q, k, v))
     launch = prepared_launch(mask, key, lambda: _prepare_forward(q, k, v, mask, allow_tf32, config))  # a LineLaunch
-    batch, n_q_heads, q_len, head_dim = q.shape
+    batch, n_q_heads, q_len, _ = q.shape
     kv_len = k.shape[2]
     if out is None:
         out = new_output(q.shape, q.dtype, q.device)
@@ -390,19 +389,18 @@ def attention_forward(
         lse = new_output((batch, n_q_heads, q_len), torch.float32, q.device)
     plan = launch.plan
     if plan is not None:
-        out_part = new_scratch(plan, batch * n_q_heads, mask.block_m, head_dim_padded(head_dim), q.device)
+        out_part = new_scratch(plan, batch * n_q_heads, mask.block_m, launch.constants["HEAD_DIM_PADDED"], q.device)
         lse_part = new_scratch(plan, batch * n_q_heads, mask.block_m, 1, q.device)
     else:
         out_part = lse_part = out  # unused
+    k_tiles, v_tiles = streamed_tiles(launch.use_tma, launch.streamed_rows, k, v)
     with on_device_of(q):
-        for part in launch.parts:
-            k_tiles, v_tiles = streamed_tiles(part.use_tma, part.streamed_rows, k, v)
-            _attention_forward_kernel[part.grid](
-                q, k_tiles, v_tiles, k, v, out, lse, out_part, lse_part, *part.lists,
-                *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-                n_q_heads, batch * n_q_heads, q_len, kv_len, scale * LOG2E,
-                **part.constants,
-            )  # fmt: skip
+        _attention_forward_kernel[launch.grid](
+            q, k_tiles, v_tiles, k, v, out, lse, out_part, lse_part, *launch.lists,
+            *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+            n_q_heads, batch * n_q_heads, q_len, kv_len, scale * LOG2E,
+            **launch.constants,
+        )  # fmt: skip
         if plan is not None:
             merge_softmax(plan, out_part, lse_part, out, lse, mask.block_m)
     return out, lse
@@ -413,39 +411,33 @@ def _prepare_forward(q, k, v, mask, allow_tf32: bool, config: ForwardConfig | No
     batch, n_q_heads, q_len, head_dim = q.shape
     n_kv_heads = k.shape[1]
     padded = head_dim_padded(head_dim)
-    short_config = None
     if config is None:
         config = default_forward_config(padded, q.dtype, mask)
-        short_config = default_forward_config(padded, q.dtype, mask, short_lines=True)
-
-    def settings(config: ForwardConfig):
-        if config.list_slots and (config.list_slots < 1 or config.list_slots & (config.list_slots - 1)):
-            raise ValueError(f"list_slots={config.list_slots}: must be a power of two (a register vector), or 0/None for none")
-        check_tile("block_m", config.block_m, mask.block_m, mask.is_dense)
-        check_tile("block_n", config.block_n, mask.block_n, mask.is_dense)
-        constants = dict(
-            GROUP_SIZE=n_q_heads // n_kv_heads,
-            HEAD_DIM=head_dim,
-            HEAD_DIM_PADDED=padded,
-            BLOCK_M=config.block_m,
-            BLOCK_N=config.block_n,
-            MASK_BLOCK_M=mask.block_m,
-            MASK_BLOCK_N=mask.block_n,
-            IS_DENSE=mask.is_dense,
-            LIST_SLOTS=config.list_slots or 0,
-            WALK=FORWARD_WALK,
-            HAS_PARTIAL=mask.is_dense or mask.n_partial > 0,
-            HAS_NARROW=not mask.is_dense and mask.narrow_row_blocks + mask.across_row_blocks > 0,
-            NARROW=NARROW_WINDOW,
-            SKIP_ACROSS=FORWARD_SKIP_ACROSS,
-            KEY_SPANS=key_span_count(config, mask),
-            DOT_PRECISION=dot_precision(q.dtype, allow_tf32),
-            num_warps=config.num_warps,
-            num_stages=config.num_stages,
-        )
-        return config.block_m, config.block_n, constants
-
+    if config.list_slots and (config.list_slots < 1 or config.list_slots & (config.list_slots - 1)):
+        raise ValueError(f"list_slots={config.list_slots}: must be a power of two (a register vector), or 0/None for none")
+    check_tile("block_m", config.block_m, mask.block_m, mask.is_dense)
+    check_tile("block_n", config.block_n, mask.block_n, mask.is_dense)
+    constants = dict(
+        GROUP_SIZE=n_q_heads // n_kv_heads,
+        HEAD_DIM=head_dim,
+        HEAD_DIM_PADDED=padded,
+        BLOCK_M=config.block_m,
+        BLOCK_N=config.block_n,
+        MASK_BLOCK_M=mask.block_m,
+        MASK_BLOCK_N=mask.block_n,
+        IS_DENSE=mask.is_dense,
+        LIST_SLOTS=config.list_slots or 0,
+        WALK=FORWARD_WALK,
+        HAS_PARTIAL=mask.is_dense or mask.n_partial > 0,
+        HAS_NARROW=not mask.is_dense and mask.narrow_row_blocks + mask.across_row_blocks > 0,
+        NARROW=NARROW_WINDOW,
+        SKIP_ACROSS=FORWARD_SKIP_ACROSS,
+        KEY_SPANS=key_span_count(config, mask),
+        DOT_PRECISION=dot_precision(q.dtype, allow_tf32),
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )
     return line_launch(
-        config, mask, (q, k, v), by_rows=True, backward=False, n_batch_heads=batch * n_q_heads, settings=settings,
-        separate=bool(launches.SEPARATE_LONG_LINES & SEPARATE_FORWARD), short_config=short_config,
+        config, mask, (q, k, v), by_rows=True, backward=False, n_batch_heads=batch * n_q_heads,
+        tile=config.block_m, streamed_rows=config.block_n, constants=constants,
     )  # fmt: skip

@@ -15,10 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from .common import (
-    Schedule,
     auto_schedule,
     column_list_arguments,
-    has_long_lines,
     launch_grid,
     prefer_host_descriptors,
     row_list_arguments,
@@ -26,7 +24,7 @@ from .common import (
     tma_mode,
     walk_full_blocks_as_runs,
 )
-from .split import SplitPlan, item_arguments, line_lengths, plan_for
+from .split import SplitPlan, item_arguments, plan_for
 
 # Per mask: launches prepared by the launchers, keyed by everything they were derived from.
 _prepared: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -69,89 +67,36 @@ def layout_key(*tensors: torch.Tensor) -> tuple:
 
 
 @dataclass(frozen=True)
-class LaunchPart:
-    """One kernel launch over some of a mask's lines, apart from the tensors' values."""
+class LineLaunch:
+    """One kernel's launch over a mask's rows or columns, apart from the tensors' values."""
 
     grid: tuple
+    plan: SplitPlan | None  # split lines, or None
     use_tma: int  # common.tma_mode, for the tiles the kernel streams
     streamed_rows: int  # rows of those tiles (their host descriptors' boxes)
-    lists: tuple  # the mask's lists and the part's items, in the kernels' argument order
+    lists: tuple  # the mask's lists and the launch's items, in the kernels' argument order
     constants: dict  # constexprs and launch settings
 
 
-@dataclass(frozen=True)
-class LineLaunch:
-    """A kernel's launches over a mask's rows or columns: one part, or the long lines and the
-    short ones apart (:func:`line_launch`). The items of split lines write scratch slots, merged
-    after every part has run."""
-
-    parts: tuple  # of LaunchPart, launched in order
-    plan: SplitPlan | None  # split lines, or None
-
-
-# Which kernels launch a mask's long lines (common.has_long_lines: the global row and column of
-# global(g)) apart from its short ones, each part with its own tiles: FORWARD | DQ | DKDV bits.
-# Alone, the short lines may take the two-programs-a-multiprocessor forward, and the long ones are
-# cut into items that spread over every multiprocessor.
-SEPARATE_FORWARD, SEPARATE_DQ, SEPARATE_DKDV = 1, 2, 4
-SEPARATE_LONG_LINES = SEPARATE_FORWARD | SEPARATE_DQ | SEPARATE_DKDV
-
-
-def long_line_count(mask, by_rows: bool) -> int:
-    """How many of the mask's rows (columns) are long by :func:`common.has_long_lines`' measure;
-    they lead ``q_block_order`` (``kv_block_order``), which lists the longest first."""
-    lengths = line_lengths(mask, by_rows)
-    mean = lengths.sum() / lengths.size
-    return int((lengths > 2 * mean + 1).sum())
-
-
 def line_launch(
-    config, mask, streamed: tuple, *, by_rows: bool, backward: bool, n_batch_heads: int, settings, separate: bool, short_config=None
+    config, mask, streamed: tuple, *, by_rows: bool, backward: bool, n_batch_heads: int, tile: int, streamed_rows: int, constants: dict
 ) -> LineLaunch:
-    """The launches of a kernel over ``mask``'s rows (``by_rows``: forward, dQ) or columns (dK/dV):
-    schedule, split plan, grid, list arguments, and the descriptor kind for the ``streamed``
-    tensors (all (B, H, L, D) inputs, for :func:`common.tma_mode`).
-
-    ``settings(config)`` gives a part's (kernel tile along the lines, rows of the streamed tiles,
-    the kernel's own constants); the schedule, full-run, split and TMA ones are added here. With
-    ``separate``, a sparse mask with long lines gets two parts: its long lines under ``config``,
-    split to spread over the GPU, then its short lines under ``short_config`` (default ``config``),
-    longest first and unsplit. Otherwise one part walks every line.
-    """
-    schedule = config.schedule or auto_schedule(mask, by_rows=by_rows)
-    if not (separate and not mask.is_dense and schedule.heavy_first and has_long_lines(mask, by_rows)):
-        plan = plan_for(config, mask, schedule, n_batch_heads, streamed[0].device, by_rows=by_rows)
-        part = _launch_part(config, mask, streamed, by_rows, backward, n_batch_heads, settings, schedule, plan, lines=None)
-        return LineLaunch(parts=(part,), plan=plan)
-    n_long = long_line_count(mask, by_rows)
-    plan = plan_for(config, mask, schedule, n_batch_heads, streamed[0].device, by_rows=by_rows, long_lines=n_long)
-    long_part = _launch_part(config, mask, streamed, by_rows, backward, n_batch_heads, settings, schedule, plan, lines=(0, n_long))
-    # Alone, the short lines are balanced: query tiles fastest, so that programs running together
-    # share one head's K and V in L2 (common.auto_schedule).
-    short_schedule = short_config.schedule if short_config is not None and short_config.schedule else Schedule(heavy_first=True, heads_fastest=False)
-    n_lines = mask.n_q_blocks if by_rows else mask.n_kv_blocks
-    short_part = _launch_part(
-        short_config or config, mask, streamed, by_rows, backward, n_batch_heads, settings, short_schedule, None, lines=(n_long, n_lines)
-    )
-    return LineLaunch(parts=(long_part, short_part), plan=plan)
-
-
-def _launch_part(config, mask, streamed, by_rows, backward, n_batch_heads, settings, schedule, plan, lines) -> LaunchPart:
-    """One part of :func:`line_launch`: every line (``lines`` None) or lines ``lines[0]:lines[1]``
-    of the mask's order, with the items of ``plan`` when it splits them."""
+    """The launch of a kernel with ``tile``-line programs over ``mask``'s rows (``by_rows``: forward,
+    dQ) or columns (dK/dV): schedule, split plan, grid, list arguments, and the descriptor kind for
+    the ``streamed`` tensors (all (B, H, L, D) inputs, for :func:`common.tma_mode`). ``constants``
+    are the kernel's own; the schedule, full-run, split and TMA ones are added here."""
     device = streamed[0].device
-    tile, streamed_rows, constants = settings(config)
-    all_lists = (row_list_arguments if by_rows else column_list_arguments)(mask, device)
-    order = all_lists[-1] if lines is None else all_lists[-1][lines[0] : lines[1]]
-    long_lines = None if lines is None else lines[0] == 0
-    use_tma = tma_mode(config.tma, *streamed, prefer_host=prefer_host_descriptors(mask, by_rows, backward, long_lines))
+    schedule = config.schedule or auto_schedule(mask, by_rows=by_rows)
+    plan = plan_for(config, mask, schedule, n_batch_heads, device, by_rows=by_rows)
+    lists = (row_list_arguments if by_rows else column_list_arguments)(mask, device)
+    use_tma = tma_mode(config.tma, *streamed, prefer_host=prefer_host_descriptors(mask, by_rows=by_rows, backward=backward))
     length, mask_block = (mask.q_len, mask.block_m) if by_rows else (mask.kv_len, mask.block_n)
-    n_items = plan.n_items if plan is not None else None if lines is None else lines[1] - lines[0]
-    return LaunchPart(
-        grid=launch_grid(length, tile, mask_block, n_batch_heads, schedule, mask.is_dense, n_items),
+    return LineLaunch(
+        grid=launch_grid(length, tile, mask_block, n_batch_heads, schedule, mask.is_dense, plan),
+        plan=plan,
         use_tma=use_tma,
         streamed_rows=streamed_rows,
-        lists=(*all_lists[:-1], *item_arguments(plan, order)),
+        lists=(*lists[:-1], *item_arguments(plan, lists[-1])),
         constants=dict(
             **schedule_constants(schedule, mask.is_dense),
             FULL_RUNS=plan is None and walk_full_blocks_as_runs(config, mask),

@@ -82,20 +82,14 @@ class SplitPlan:
 _plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def auto_split_blocks(mask, by_rows: bool, n_batch_heads: int, device: torch.device, long_lines: int | None = None) -> int:
+def auto_split_blocks(mask, by_rows: bool, n_batch_heads: int, device: torch.device) -> int:
     """Item length, in mask blocks, that balances this launch; 0 when no line needs splitting.
 
     Only on CUDA (the multiprocessor count sets the balance); CPU runs split only when asked to.
-    ``long_lines``: the launch walks only the first that many lines of the mask's order (see
-    :func:`plan_for`); items are then sized to their blocks alone, and always cut.
     """
     if mask.is_dense or device.type != "cuda":
         return 0
     n_sm = _multiprocessor_count(device)
-    if long_lines is not None:
-        order = mask.q_block_order if by_rows else mask.kv_block_order
-        blocks = int(line_lengths(mask, by_rows)[order[:long_lines].cpu().numpy()].sum())
-        return max(MIN_SPLIT_BLOCKS, math.ceil(blocks * n_batch_heads / n_sm / ITEMS_PER_SM))
     share = (mask.n_full + mask.n_partial) * n_batch_heads / n_sm  # blocks per multiprocessor
     longest = mask.max_blocks_per_row if by_rows else mask.max_blocks_per_col
     if longest <= SPLIT_WHEN_SHARES[by_rows] * share:
@@ -103,72 +97,54 @@ def auto_split_blocks(mask, by_rows: bool, n_batch_heads: int, device: torch.dev
     return max(MIN_SPLIT_BLOCKS, math.ceil(share / ITEMS_PER_SM))
 
 
-def plan_for(config, mask, schedule, n_batch_heads: int, device: torch.device, by_rows: bool, long_lines: int | None = None) -> SplitPlan | None:
+def plan_for(config, mask, schedule, n_batch_heads: int, device: torch.device, by_rows: bool) -> SplitPlan | None:
     """The launch's split plan, or None to give every line one program: ``config.split_blocks``
     (0: never split) or, when None, :func:`auto_split_blocks`. Only launches that start heavy lines
-    first split, and ``config.full_runs=True`` keeps whole lines (runs are walked per line).
-
-    ``long_lines``: the launch walks only the mask's first ``long_lines`` lines in its order (the
-    long ones, launched apart from the rest: ``launch.line_launch``). They are then always split
-    when longer than the item length, which :func:`auto_split_blocks` sizes to their work alone."""
+    first split, and ``config.full_runs=True`` keeps whole lines (runs are walked per line)."""
     if mask.is_dense or not schedule.heavy_first or config.full_runs:
         return None
     split_blocks = config.split_blocks
     if split_blocks is None:
-        split_blocks = auto_split_blocks(mask, by_rows, n_batch_heads, device, long_lines)
-    return split_plan(mask, by_rows, split_blocks, long_lines)
+        split_blocks = auto_split_blocks(mask, by_rows, n_batch_heads, device)
+    return split_plan(mask, by_rows, split_blocks)
 
 
-def split_plan(mask, by_rows: bool, split_blocks: int, long_lines: int | None = None) -> SplitPlan | None:
+def split_plan(mask, by_rows: bool, split_blocks: int) -> SplitPlan | None:
     """The plan that cuts ``mask``'s rows (``by_rows``) or columns longer than ``split_blocks``
-    into items of at most ``split_blocks`` blocks; None when no line is that long. With
-    ``long_lines``, the plan covers only the first that many lines of the mask's order (all of
-    them, split or not). Cached per mask."""
+    into items of at most ``split_blocks`` blocks; None when no line is that long. Cached per mask."""
     if split_blocks <= 0 or mask.is_dense:
         return None
     longest = mask.max_blocks_per_row if by_rows else mask.max_blocks_per_col
     if longest <= split_blocks:
         return None
     cache = _plans.setdefault(mask, {})
-    key = (by_rows, split_blocks, long_lines)
+    key = (by_rows, split_blocks)
     if key not in cache:
-        cache[key] = _build_plan(mask, by_rows, split_blocks, long_lines)
+        cache[key] = _build_plan(mask, by_rows, split_blocks)
     return cache[key]
 
 
-def line_lengths(mask, by_rows: bool) -> np.ndarray:
-    """Non-empty blocks of each row (``by_rows``) or column, on the host (a read back from the device)."""
+def _build_plan(mask, by_rows: bool, split_blocks: int) -> SplitPlan:
     if by_rows:
         offsets = (mask.full_kv_offsets, mask.partial_kv_offsets)
     else:
         offsets = (mask.full_q_offsets, mask.partial_q_offsets)
-    return sum(np.diff(o.cpu().numpy().astype(np.int64)) for o in offsets)
-
-
-def _build_plan(mask, by_rows: bool, split_blocks: int, long_lines: int | None) -> SplitPlan:
     # One read back from the device per mask and direction; the plan is cached.
-    all_lengths = line_lengths(mask, by_rows)
-    if long_lines is None:
-        lines = np.arange(all_lengths.size)
-    else:
-        order = (mask.q_block_order if by_rows else mask.kv_block_order).cpu().numpy()
-        lines = np.sort(order[:long_lines])
-    lengths = all_lengths[lines]
+    lengths = sum(np.diff(o.cpu().numpy().astype(np.int64)) for o in offsets)
     n_items = np.maximum(1, -(-lengths // split_blocks))  # items per line
     is_split = n_items > 1
-    item_index = np.repeat(np.arange(lines.size), n_items)  # position in `lines` of each item's line
-    item_rank = np.arange(item_index.size) - np.repeat(np.cumsum(n_items) - n_items, n_items)  # index within its line
+    item_line = np.repeat(np.arange(lengths.size), n_items)
+    item_rank = np.arange(item_line.size) - np.repeat(np.cumsum(n_items) - n_items, n_items)  # index within its line
     # Equal cuts: item r of a line of L blocks in n items covers [r*L//n, (r+1)*L//n).
-    item_lengths, line_items = lengths[item_index], n_items[item_index]
-    begins = item_rank * item_lengths // line_items
-    ends = (item_rank + 1) * item_lengths // line_items
+    line_lengths, line_items = lengths[item_line], n_items[item_line]
+    begins = item_rank * line_lengths // line_items
+    ends = (item_rank + 1) * line_lengths // line_items
     # Slots: the items of split lines, line by line; whole lines write their output (-1).
-    split_items = is_split[item_index]
-    slots = np.full(item_index.size, -1, dtype=np.int64)
+    split_items = is_split[item_line]
+    slots = np.full(item_line.size, -1, dtype=np.int64)
     slots[split_items] = np.arange(int(split_items.sum()))
-    merge_lines = lines[is_split]
-    merge_offsets = np.concatenate([[0], np.cumsum(n_items[is_split])])
-    item_line = lines[item_index]
+    merge_lines = np.flatnonzero(is_split)
+    merge_offsets = np.concatenate([[0], np.cumsum(n_items[merge_lines])])
     # Longest items first; ties by line, then by position in the line.
     order = np.lexsort((begins, item_line, -(ends - begins)))
     device = mask.device
