@@ -647,8 +647,8 @@ def load_tile_mask(
     ``offs_rows`` index queries and ``offs_cols`` keys; pass them as [ROWS, 1] and [1, COLS] (query-
     major) or [1, ROWS] and [COLS, 1] (key-major, for dK/dV) to get either orientation.
     ``KEY_SPANS`` (the mask's ``key_spans``): 0 loads the uint8 tile from ``tiles``; 1 or 2 compares
-    the keys with each row's runs of allowed keys in ``key_spans`` (``BlockMask.tile_key_spans``),
-    a load per row instead of per element.
+    the keys with each row's runs of allowed keys in ``key_spans`` (``BlockMask.tile_key_spans``;
+    a run may wrap around the block's ends), a load per row instead of per element.
     """
     if KEY_SPANS == 0:
         tile_base = tiles + tl.cast(tile_id, tl.int64) * (MASK_BLOCK_M * MASK_BLOCK_N)
@@ -657,7 +657,14 @@ def load_tile_mask(
     else:
         row_spans = key_spans + tl.cast(tile_id, tl.int64) * (MASK_BLOCK_M * 2 * KEY_SPANS) + (first_row_in_tile + offs_rows) * (2 * KEY_SPANS)
         keys = first_col_in_tile + offs_cols
-        allowed = (keys >= tl.load(row_spans)) & (keys < tl.load(row_spans + 1))
+        allowed = _in_span(keys, tl.load(row_spans), tl.load(row_spans + 1))
         if KEY_SPANS == 2:
-            allowed = allowed | ((keys >= tl.load(row_spans + 2)) & (keys < tl.load(row_spans + 3)))
+            allowed = allowed | _in_span(keys, tl.load(row_spans + 2), tl.load(row_spans + 3))
     return allowed
+
+
+@triton.jit
+def _in_span(keys, first, end):
+    """Whether ``keys`` lie in the span [first, end), or for a wrapped span (first > end, see
+    ``BlockMask``) outside [end, first): three comparisons and two xors, no branch."""
+    return (keys >= first) ^ (keys >= end) ^ (first > end)

@@ -105,7 +105,8 @@ class BlockMask:
     *Key spans*: when every row of every tile allows at most ``KEY_SPAN_LIMIT`` runs of consecutive
     keys, ``key_spans`` is the most any row has (1 or 2) and ``tile_key_spans`` int32, flat
     ``(n_tiles, block_m, key_spans, 2)``, gives each row's runs as [first, end) key offsets within
-    the block (an unused run is [0, 0)): kernels configured for them (``key_spans`` in their
+    the block (an unused run is [0, 0); a run with first > end wraps: keys >= first or < end,
+    see ``_key_spans``): kernels configured for them (``key_spans`` in their
     config) compute a partial step's mask from two (four) comparisons instead of loading its uint8
     tile. ``key_spans`` is 0 otherwise, and for ``dense``.
 
@@ -461,20 +462,38 @@ def _narrow_windows(allowed_lines: np.ndarray, block: int) -> np.ndarray:
 
 def _key_spans(tiles: np.ndarray) -> np.ndarray:
     """The tiles as runs of allowed keys per row (see BlockMask): int32 ``(n_tiles, block_m,
-    key_spans, 2)``, or empty when some row has more than KEY_SPAN_LIMIT runs (or there are no tiles)."""
+    key_spans, 2)``, or empty when some row has more than KEY_SPAN_LIMIT runs (or there are no tiles).
+
+    Two runs that touch the block's two ends (a band row beside a global column: keys 0-3 and
+    200-255 of a block) are given as one *wrapped* span [first, end) with first > end, meaning
+    keys >= first or < end, when that leaves every row one span: one span a row lets the forward
+    take its two-programs-a-multiprocessor tiles (kernels.common.TWO_PER_SM_SPANS_FORWARD)."""
     n_tiles, block_m, _ = tiles.shape
     previous = np.zeros_like(tiles)
     previous[..., 1:] = tiles[..., :-1]
     following = np.zeros_like(tiles)
     following[..., :-1] = tiles[..., 1:]
     firsts, lasts = tiles & ~previous, tiles & ~following  # each run's first and last key
-    n_spans = int(np.count_nonzero(firsts, axis=2).max(initial=0))
+    runs_per_row = np.count_nonzero(firsts, axis=2)
+    n_spans = int(runs_per_row.max(initial=0))
     if n_spans == 0 or n_spans > KEY_SPAN_LIMIT:
         return np.zeros(0, dtype=np.int32)
     tile, row, first = np.nonzero(firsts)  # row-major: each row's runs in key order
     last = np.nonzero(lasts)[2]  # the same runs, in the same order
     line = tile * block_m + row
     rank = np.arange(line.size) - np.searchsorted(line, line)  # which run of its row
+    two_runs = runs_per_row[tile, row] == 2
+    if n_spans == 2 and np.all(tiles[..., 0][runs_per_row == 2]) and np.all(tiles[..., -1][runs_per_row == 2]):
+        # Every two-run row holds key 0 and the last key: wrap each into one span, from its
+        # second run's first key to its first run's end.
+        spans = np.zeros((n_tiles, block_m, 1, 2), dtype=np.int32)
+        one = ~two_runs
+        spans[tile[one], row[one], 0, 0] = first[one]
+        spans[tile[one], row[one], 0, 1] = last[one] + 1
+        second, opening = two_runs & (rank == 1), two_runs & (rank == 0)
+        spans[tile[second], row[second], 0, 0] = first[second]
+        spans[tile[opening], row[opening], 0, 1] = last[opening] + 1
+        return spans
     spans = np.zeros((n_tiles, block_m, n_spans, 2), dtype=np.int32)
     spans[tile, row, rank, 0] = first
     spans[tile, row, rank, 1] = last + 1

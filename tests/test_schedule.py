@@ -115,13 +115,19 @@ def test_narrow_blocks_match_the_oracle(case, tile, split_blocks, skip_across, m
     check_kernels_against_oracle(q, k, v, dout, mask, allowed, split_blocks=split_blocks, tile=tile)
 
 
-# Partial steps mask their scores by comparing keys with each row's key spans (one run a row, or
-# two), or by loading the uint8 tile: both against the oracle, in all three kernels, with kernel
-# tiles smaller than the mask's blocks (the spans are read from inside the tile) and odd ends.
+# Partial steps mask their scores by comparing keys with each row's key spans (one run a row, one
+# wrapped around the block's ends, or two), or by loading the uint8 tile: both against the oracle,
+# in all three kernels, with kernel tiles smaller than the mask's blocks (the spans are read from
+# inside the tile) and odd ends.
 @pytest.mark.parametrize("tile_loads", [False, True], ids=["key-spans", "tile-loads"])
 @pytest.mark.parametrize(
     "pattern, q_len, kv_len, key_spans",
-    [("local(50) & causal", 190, 170, 1), ("local(20) + global(3)", 150, 150, 2), ("local(6) + strided(40)", 130, 130, 2)],
+    [
+        ("local(50) & causal", 190, 170, 1),
+        ("local(40) + global(4)", 301, 293, 1),  # wrapped: band rows beside the global column
+        ("local(20) + global(3)", 150, 150, 2),
+        ("local(6) + strided(40)", 130, 130, 2),
+    ],
 )
 def test_key_spans_and_tile_loads_match_the_oracle(pattern, q_len, kv_len, key_spans, tile_loads, monkeypatch):
     monkeypatch.setattr(kernels, "POISON_OUTPUTS", True)
@@ -312,7 +318,7 @@ def test_host_descriptors_where_measured_faster(pattern, forward, dq, dkdv):
 @pytest.mark.parametrize(
     "pattern, two_per_sm",
     [("butterfly(128)", True), ("chunk(512)", True), ("local(1k) & causal", True), ("local(256)", True),
-     ("local(256)+global(4)", False), ("local(256)+sink(4)", False), ("global(128) + chunk(256)", False),
+     ("local(256)+global(4)", False), ("local(256)+sink(4)", True), ("global(128) + chunk(256)", False),
      ("dense", False), ("causal", False)],
 )  # fmt: skip
 def test_short_rows_get_the_two_per_sm_forward_where_measured_faster(pattern, two_per_sm):
