@@ -212,7 +212,11 @@ for _rows in ("dense", "long", "short"):
 # results/key_spans_2.json, key_spans.json): local(1k) & causal 32k 0.775 -> 0.707-0.717 ->
 # 0.700-0.708 ms, 128k 3.09-3.25 -> 2.86-2.92 -> 2.78-2.81, local(256) 32k 0.52 -> 0.49 -> 0.48.
 # Not under one long row, which a 4-warp program walks 2-3x as slowly (local(256)+global(4)
-# 0.70-0.78 -> 1.85-2.32 ms), nor with two spans a row (unmeasured beyond that).
+# 0.70-0.78 -> 1.85-2.32 ms), nor with two spans a row (local(256)+sink(4), before its spans
+# wrapped: 0.561 -> 0.583 ms, results/long_lines_ab.json). A band beside a sink column has one
+# wrapped span a row (BlockMask) and takes it: same run, forward 0.562 -> 0.534 ms at 32k,
+# (local(1k)+sink(4)) & causal 0.852 -> 0.764 ms at 32k, 3.31 -> 3.07 ms at 128k
+# (benchmarks/experiments/wrapped_spans.py, results/wrapped_spans.json).
 TWO_PER_SM_FORWARD = {(128, True): ForwardConfig(128, 64, num_warps=4, num_stages=2, list_slots=16)}
 TWO_PER_SM_SPANS_FORWARD = {key: replace(config, list_slots=None, key_spans=True) for key, config in TWO_PER_SM_FORWARD.items()}
 
