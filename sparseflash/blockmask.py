@@ -482,10 +482,11 @@ def _key_spans(tiles: np.ndarray) -> np.ndarray:
     last = np.nonzero(lasts)[2]  # the same runs, in the same order
     line = tile * block_m + row
     rank = np.arange(line.size) - np.searchsorted(line, line)  # which run of its row
-    two_runs = runs_per_row[tile, row] == 2
-    if n_spans == 2 and np.all(tiles[..., 0][runs_per_row == 2]) and np.all(tiles[..., -1][runs_per_row == 2]):
+    two_run_rows = runs_per_row == 2  # (n_tiles, block_m)
+    if n_spans == 2 and tiles[..., 0][two_run_rows].all() and tiles[..., -1][two_run_rows].all():
         # Every two-run row holds key 0 and the last key: wrap each into one span, from its
         # second run's first key to its first run's end.
+        two_runs = two_run_rows[tile, row]  # per run: whether its row has two
         spans = np.zeros((n_tiles, block_m, 1, 2), dtype=np.int32)
         one = ~two_runs
         spans[tile[one], row[one], 0, 0] = first[one]
