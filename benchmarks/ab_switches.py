@@ -31,8 +31,12 @@ from sparseflash.kernels.forward import attention_forward
 CASES = [
     ("dense", 8192, 2, 16),
     ("causal", 8192, 2, 16),
+    ("dense", 32768, 1, 16),
+    ("causal", 32768, 1, 16),
     ("local(1k) & causal", 32768, 1, 16),
     ("butterfly(128)", 32768, 1, 16),
+    ("local(1k) & causal", 131072, 1, 16),
+    ("butterfly(128)", 131072, 1, 16),
     ("local(256)+global(4)", 32768, 1, 16),
     ("local(256)", 32768, 1, 16),
     ("local(256)+sink(4)", 32768, 1, 16),
@@ -65,13 +69,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--switch", action="append", required=True, help="module.CONSTANT[=a,b] under sparseflash.kernels (repeatable)")
     parser.add_argument("--patterns", help="comma-separated patterns to keep (default: all cases)")
+    parser.add_argument("--seq-lens", help="comma-separated sequence lengths to keep (default: all)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--name", default="ab_switches")
     args = parser.parse_args()
     keep = set(args.patterns.split(",")) if args.patterns else None
+    lengths = {int(n) for n in args.seq_lens.split(",")} if args.seq_lens else None
     rows = []
     for pattern, seq_len, batch, heads in CASES:
-        if keep and pattern not in keep:
+        if (keep and pattern not in keep) or (lengths and seq_len not in lengths):
             continue
         torch.manual_seed(0)
         mask = sparseflash.compile_mask(pattern, seq_len, device="cuda")

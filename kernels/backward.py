@@ -93,6 +93,13 @@ DQ_SKIP_ACROSS = False
 # 2.127 / 2.194; long rows lose: dense 8k 6.600 / 6.622 -> 6.739 / 6.732, causal 8k level.
 DELTA_IN_DQ = None
 
+# Whether, after the preprocess pass, the dQ kernel runs on a second CUDA stream beside dK/dV
+# instead of after it. The two read the same inputs and write different outputs; side by side, the
+# dQ programs fill the multiprocessors that dK/dV's last, partly empty wave leaves idle (dense 32k
+# at D=128: 4096 dK/dV programs on 132 SMs, the 32nd wave holds 4). None: on CUDA whenever the
+# preprocess pass runs (see DELTA_IN_DQ).
+BACKWARD_OVERLAP = None
+
 
 def delta_in_dq(mask) -> bool:
     """Whether this mask's backward computes delta in the dQ kernel (see DELTA_IN_DQ)."""
@@ -669,9 +676,38 @@ def attention_backward(
                 HEAD_DIM_PADDED=launch.head_dim_padded,
                 BLOCK_M=preprocess_block_m,
             )  # fmt: skip
-            dkdv_pass()
-            dq_pass()
+            if overlap_passes(q.device):
+                # dK/dV first (the longer programs), dQ beside it; the caller's stream then waits
+                # for both. Every tensor the side stream touches is alive until after that wait.
+                main = torch.cuda.current_stream(q.device)
+                side = _side_stream(q.device)
+                side.wait_stream(main)
+                dkdv_pass()
+                with torch.cuda.stream(side):
+                    dq_pass()
+                main.wait_stream(side)
+            else:
+                dkdv_pass()
+                dq_pass()
     return dq, dk, dv
+
+
+def overlap_passes(device: torch.device) -> bool:
+    """Whether a backward with a preprocess pass runs dQ beside dK/dV (BACKWARD_OVERLAP)."""
+    if device.type != "cuda":
+        return False
+    return True if BACKWARD_OVERLAP is None else bool(BACKWARD_OVERLAP)
+
+
+_side_streams: dict = {}
+
+
+def _side_stream(device: torch.device) -> torch.cuda.Stream:
+    """One second stream per device, made once (creating a stream costs ~10 us)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _side_streams:
+        _side_streams[index] = torch.cuda.Stream(device=index)
+    return _side_streams[index]
 
 
 def _prepare_backward(q, k, v, dout, mask, allow_tf32: bool, config: BackwardConfig | None, has_dlse: bool) -> _BackwardLaunch:

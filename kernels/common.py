@@ -243,12 +243,27 @@ def has_long_lines(mask, by_rows: bool) -> bool:
     return longest > 2 * mean + 1
 
 
+# Whether masks whose lines all hold about as many blocks (the longest at most BALANCED_LINES times
+# the mean: bands, butterflies) still start their programs longest line first. Heavy-first costs
+# each program a dependent load (its line from the order table) before its block lists.
+HEAVY_FIRST_BALANCED = True
+BALANCED_LINES = 1.25
+
+
+def is_balanced(mask, by_rows: bool) -> bool:
+    """Whether no row (column) of a sparse mask holds more than BALANCED_LINES times the mean."""
+    longest = mask.max_blocks_per_row if by_rows else mask.max_blocks_per_col
+    n_lines = mask.n_q_blocks if by_rows else mask.n_kv_blocks
+    return longest <= BALANCED_LINES * (mask.n_full + mask.n_partial) / n_lines
+
+
 def auto_schedule(mask, by_rows: bool) -> Schedule:
     """Heads fastest when a few rows (columns, for dK/dV) are much longer than the rest, as under
     ``global(g)``: then every head's long row starts at once. Balanced masks keep query tiles
     fastest, so that programs running together share one head's K and V in L2 (measured: listing
     every block of a dense mask ran 1.27x slower with heads fastest)."""
-    return Schedule(heavy_first=True, heads_fastest=has_long_lines(mask, by_rows))
+    heavy_first = HEAVY_FIRST_BALANCED or not is_balanced(mask, by_rows)
+    return Schedule(heavy_first=heavy_first, heads_fastest=has_long_lines(mask, by_rows))
 
 
 def prefer_host_descriptors(mask, by_rows: bool, backward: bool) -> bool:
