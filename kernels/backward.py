@@ -50,6 +50,7 @@ from .common import (
     load_tile,
     run_tile_start,
     run_tiles,
+    side_stream,
     streamed_tiles,
     WALK_FORWARD,
     WALK_REVERSE,
@@ -680,7 +681,7 @@ def attention_backward(
                 # dK/dV first (the longer programs), dQ beside it; the caller's stream then waits
                 # for both. Every tensor the side stream touches is alive until after that wait.
                 main = torch.cuda.current_stream(q.device)
-                side = _side_stream(q.device)
+                side = side_stream(q.device)
                 side.wait_stream(main)
                 dkdv_pass()
                 with torch.cuda.stream(side):
@@ -698,16 +699,6 @@ def overlap_passes(device: torch.device) -> bool:
         return False
     return True if BACKWARD_OVERLAP is None else bool(BACKWARD_OVERLAP)
 
-
-_side_streams: dict = {}
-
-
-def _side_stream(device: torch.device) -> torch.cuda.Stream:
-    """One second stream per device, made once (creating a stream costs ~10 us)."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _side_streams:
-        _side_streams[index] = torch.cuda.Stream(device=index)
-    return _side_streams[index]
 
 
 def _prepare_backward(q, k, v, dout, mask, allow_tf32: bool, config: BackwardConfig | None, has_dlse: bool) -> _BackwardLaunch:

@@ -46,6 +46,7 @@ from .common import (
     partial_parts,
     new_output,
     on_device_of,
+    side_stream,
     store_rows,
     load_tile,
     run_tile_start,
@@ -56,6 +57,8 @@ from .common import (
     tile_source,
 )
 from ..blockmask import NARROW_WINDOW
+from . import full_rows as full_rows_module
+from .full_rows import FullRows, full_rows_apart, full_rows_config
 from .launch import LineLaunch, layout_key, line_launch, prepared_launch
 from .split import item_block_ranges, merge_softmax, new_scratch, program_item, scratch_rows
 
@@ -379,6 +382,9 @@ def attention_forward(
         # The kernel scales row maxima, which needs scale > 0; scale * q.k is the same as
         # |scale| * (-q).k, and as 1 * 0.k for scale 0 (a rare case: it costs a copy of q).
         q, scale = (-q, -scale) if scale < 0 else (torch.zeros_like(q), 1.0)
+    apart = full_rows_apart(mask) if config is None else None
+    if apart is not None:
+        return _forward_full_rows_apart(q, k, v, apart, scale, allow_tf32, out, lse)
     key = ("forward", config, allow_tf32, FORWARD_WALK, FORWARD_SKIP_ACROSS, *layout_key(q, k, v))
     launch = prepared_launch(mask, key, lambda: _prepare_forward(q, k, v, mask, allow_tf32, config))  # a LineLaunch
     batch, n_q_heads, q_len, _ = q.shape
@@ -403,6 +409,40 @@ def attention_forward(
         )  # fmt: skip
         if plan is not None:
             merge_softmax(plan, out_part, lse_part, out, lse, mask.block_m)
+    return out, lse
+
+
+def _forward_full_rows_apart(q, k, v, apart: FullRows, scale: float, allow_tf32: bool, out, lse):
+    """The forward of a mask whose first ``apart.n_rows`` queries allow every key (full_rows.py):
+    the rest of the pattern for all rows, then those rows over all keys written over theirs."""
+    batch, n_q_heads, q_len, _ = q.shape
+    n_rows = apart.n_rows
+    if out is None:
+        out = new_output(q.shape, q.dtype, q.device)
+    if lse is None:
+        lse = new_output((batch, n_q_heads, q_len), torch.float32, q.device)
+    # Allocated on the caller's stream, which reads them last: safe to free there.
+    rows_out = new_output((batch, n_q_heads, n_rows, q.shape[3]), q.dtype, q.device)
+    rows_lse = new_output((batch, n_q_heads, n_rows), torch.float32, q.device)
+    rows_config = full_rows_config(head_dim_padded(q.shape[3]), q.dtype, apart.rows)
+
+    def rows_pass():
+        attention_forward(q[:, :, :n_rows], k, v, apart.rows, scale, allow_tf32=allow_tf32, config=rows_config, out=rows_out, lse=rows_lse)
+
+    if full_rows_module.FULL_ROWS_OVERLAP and q.is_cuda:
+        with on_device_of(q):
+            main = torch.cuda.current_stream(q.device)
+            side = side_stream(q.device)
+            side.wait_stream(main)
+            with torch.cuda.stream(side):
+                rows_pass()
+            attention_forward(q, k, v, apart.rest, scale, allow_tf32=allow_tf32, out=out, lse=lse)
+            main.wait_stream(side)
+    else:
+        rows_pass()
+        attention_forward(q, k, v, apart.rest, scale, allow_tf32=allow_tf32, out=out, lse=lse)
+    out[:, :, :n_rows].copy_(rows_out)
+    lse[:, :, :n_rows].copy_(rows_lse)
     return out, lse
 
 

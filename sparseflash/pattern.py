@@ -546,6 +546,21 @@ def intersection(*patterns: Pattern) -> Pattern:
     return children[0] if len(children) == 1 else Intersection(children)
 
 
+def split_full_rows(pattern: Pattern) -> tuple[Pattern, int] | None:
+    """``(rest, g)`` when ``pattern`` is a union holding ``global(g)`` (or is one), else None.
+
+    Queries at positions ``p < g`` then allow every key, and for ``p >= g`` the pattern allows
+    exactly what ``rest`` does: each ``global(t)`` (t <= g) of the union is ``sink(t)`` there. The
+    kernels use this to compute the few all-key rows apart from a band that no longer has a long row.
+    """
+    children = pattern.children if isinstance(pattern, Union) else (pattern,)
+    tokens = max((child.tokens for child in children if isinstance(child, Global)), default=0)
+    if tokens == 0:
+        return None
+    rest = union(*(Sink(child.tokens) if isinstance(child, Global) else child for child in children))
+    return rest, tokens
+
+
 def _keys_of(geometry, rows, cols):
     return rows * geometry.n_kv_blocks + cols
 

@@ -1,0 +1,86 @@
+"""Same-run A/B for computing the all-key rows of ``global(g)`` apart in the forward
+(``kernels/full_rows.py``): the whole mask in one launch ("whole") against the rest of the pattern
+plus the rows over all keys, in sequence or beside each other on two streams, with several
+launches for the rows.
+
+    python benchmarks/experiments/full_rows.py     # on a GPU; writes results/full_rows.json
+
+Forward launcher times (``attention_forward``, no autograd), ``do_bench`` medians with the
+variants alternating twice on the same inputs, bf16; every variant's output and lse are compared
+with the whole mask's first.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import triton
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import sparseflash  # noqa: E402
+from results_file import save_results  # noqa: E402
+from sparseflash.kernels import full_rows  # noqa: E402
+from sparseflash.kernels.forward import attention_forward  # noqa: E402
+
+# (pattern, N, heads, head dim)
+CASES = [
+    ("local(256)+global(4)", 32768, 16, 128),
+    ("local(256)+global(4)", 131072, 16, 128),
+    ("local(256)+global(4)", 32768, 32, 64),
+    ("local(256)+global(4)", 8192, 32, 128),
+]
+
+BASE = full_rows.FULL_ROWS_CONFIG
+# name -> (apart, overlap, rows config)
+VARIANTS = {
+    "whole": (False, False, BASE),
+    "apart, in sequence": (True, False, BASE),
+    "apart, beside": (True, True, BASE),
+    "beside, items of 2": (True, True, replace(BASE, split_blocks=2)),
+    "beside, items of 8": (True, True, replace(BASE, split_blocks=8)),
+    "beside, 128-key steps": (True, True, replace(BASE, block_n=128, num_stages=2)),
+    "beside, 2 stages": (True, True, replace(BASE, num_stages=2)),
+    "beside, 4 stages": (True, True, replace(BASE, num_stages=4)),
+}
+
+
+def use(variant) -> None:
+    full_rows.FULL_ROWS_APART, full_rows.FULL_ROWS_OVERLAP, full_rows.FULL_ROWS_CONFIG = variant
+
+
+def main() -> None:
+    rows = []
+    defaults = (full_rows.FULL_ROWS_APART, full_rows.FULL_ROWS_OVERLAP, full_rows.FULL_ROWS_CONFIG)
+    try:
+        for pattern, seq_len, heads, head_dim in CASES:
+            torch.manual_seed(0)
+            mask = sparseflash.compile_mask(pattern, seq_len, device="cuda")
+            q, k, v = (torch.randn(1, heads, seq_len, head_dim, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+            scale = head_dim**-0.5
+            run = lambda: attention_forward(q, k, v, mask, scale)  # noqa: E731
+            use(VARIANTS["whole"])
+            reference = [t.float() for t in run()]
+            times = {name: [] for name in VARIANTS}
+            errors = {}
+            for name, variant in VARIANTS.items():
+                use(variant)
+                out, lse = run()
+                errors[name] = max((out.float() - reference[0]).abs().max().item(), (lse - reference[1]).abs().max().item())
+            for _ in range(2):
+                for name, variant in VARIANTS.items():
+                    use(variant)
+                    times[name].append(triton.testing.do_bench(run, warmup=25, rep=200, return_mode="median"))
+            for name in VARIANTS:
+                ms = sum(times[name]) / len(times[name])
+                rows.append(dict(pattern=pattern, seq_len=seq_len, heads=heads, head_dim=head_dim, variant=name, ms=ms, max_diff=errors[name]))
+                print(f"{pattern} {seq_len // 1024}k H{heads} D{head_dim}  {name:24s} {ms:7.3f} ms  max diff {errors[name]:.1e}", flush=True)
+    finally:
+        use(defaults)
+    save_results("full_rows", {"rows": rows})
+
+
+if __name__ == "__main__":
+    main()

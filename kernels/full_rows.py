@@ -1,0 +1,89 @@
+"""Rows that allow every key, computed apart from the rest of the mask (forward only).
+
+Under ``local(256)+global(4)`` the first 4 queries attend to all keys. In the block mask they make
+the first query block's row 256 blocks long at 32k tokens, where every other row has ~6; that row
+keeps the whole forward on the 8-warp tile that long rows need, and its 256 steps compute 128
+query rows for 4 wanted ones. Apart, the rest of the pattern (``local(256)+sink(4)``: for every
+other query ``global(t)`` is ``sink(t)``, ``pattern.split_full_rows``) has only short rows and
+takes the two-programs-per-SM tile, and the 4 rows become a small dense attention over all keys
+in 16-row tiles, split across the multiprocessors (``split.py``).
+
+    forward:  out, lse = rest-of-pattern attention for every row   (rows < n: overwritten)
+              out[:, :, :n], lse[:, :, :n] = attention of q[:, :, :n] over all keys
+
+The backward keeps the whole mask: it needs only ``out`` and ``lse``, which are the same.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, replace
+
+import torch
+
+from ..blockmask import BlockMask, compile_mask
+from ..pattern import Sink, split_full_rows
+from .common import ForwardConfig, has_long_lines
+
+# Whether the forward computes all-key rows apart (see the module docstring).
+FULL_ROWS_APART = True
+# Most all-key rows computed apart; more would no longer be a small attention.
+MAX_FULL_ROWS = 64
+# The all-key rows' launch (16-bit inputs, D <= 128): 16-row tiles over 64-key steps, small enough
+# for several programs a multiprocessor (the work is reading K and V once), in items of
+# ``split_blocks`` mask blocks. float32 and wider heads take narrower steps and fewer stages
+# (shared memory): full_rows_config.
+FULL_ROWS_CONFIG = ForwardConfig(16, 64, num_warps=4, num_stages=3, split_blocks=4)
+# Whether the all-key rows run on a second stream beside the rest (they read memory; the rest is
+# bound by latency and arithmetic).
+FULL_ROWS_OVERLAP = True
+
+
+@dataclass(frozen=True)
+class FullRows:
+    """A forward split: ``rest`` (a mask for all of (Lq, Lk), right on rows ``>= n_rows``) and
+    ``rows`` (a mask for (n_rows, Lk) allowing every key)."""
+
+    rest: BlockMask
+    rows: BlockMask
+    n_rows: int
+
+
+_splits: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def full_rows_apart(mask: BlockMask) -> FullRows | None:
+    """The split for ``mask``, or None to run it whole: when it was compiled from a pattern whose
+    top-level union holds ``global(g)``, those rows make a long row, and they are few. Cached."""
+    if not FULL_ROWS_APART or mask.is_dense or mask.pattern is None:
+        return None
+    if mask not in _splits:
+        _splits[mask] = _build(mask)
+    return _splits[mask]
+
+
+def full_rows_config(head_dim_padded: int, dtype: torch.dtype, rows: BlockMask) -> ForwardConfig:
+    """FULL_ROWS_CONFIG fitted to the head dim, the dtype and the rows' mask blocks."""
+    config = FULL_ROWS_CONFIG
+    wide = head_dim_padded > 128
+    if dtype not in (torch.float16, torch.bfloat16):
+        config = replace(config, block_n=32, num_stages=1 if wide else 2)
+    elif wide:
+        config = replace(config, num_stages=2)
+    return replace(config, block_n=min(config.block_n, rows.block_n))
+
+
+def _build(mask: BlockMask) -> FullRows | None:
+    split = split_full_rows(mask.pattern)
+    if split is None or not has_long_lines(mask, by_rows=True):
+        return None
+    rest_pattern, tokens = split
+    # Query i sits at position i + Lk - Lq (queries aligned to the end of the keys).
+    n_rows = min(max(tokens - (mask.kv_len - mask.q_len), 0), mask.q_len)
+    if n_rows == 0 or n_rows > MAX_FULL_ROWS:
+        return None
+    device = mask.device
+    rest = compile_mask(rest_pattern, mask.q_len, mask.kv_len, block_m=mask.block_m, block_n=mask.block_n, device=device)
+    rows_block = max(16, 1 << (n_rows - 1).bit_length())
+    rows = compile_mask(Sink(mask.kv_len), n_rows, mask.kv_len, block_m=rows_block, block_n=mask.block_n, device=device)
+    return FullRows(rest=rest, rows=rows, n_rows=n_rows)

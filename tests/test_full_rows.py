@@ -1,0 +1,93 @@
+"""Rows that allow every key, computed apart in the forward (kernels/full_rows.py)."""
+
+import pytest
+import torch
+from attention_oracle import check_close, reference_attention
+
+import sparseflash
+from sparseflash.pattern import split_full_rows
+
+pytest.importorskip("triton")  # the kernels need it; without it only the torch path is tested
+import sparseflash.kernels.common as kernels  # noqa: E402
+import sparseflash.kernels.full_rows as full_rows  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "pattern, q_len, kv_len",
+    [("local(20) + global(5)", 90, 90), ("global(7)", 40, 60), ("global(3) + global(9) + (strided(5) - chunk(4))", 70, 50),
+     ("causal + global(6)", 30, 80), ("butterfly(8) + global(12)", 64, 64)],
+)  # fmt: skip
+def test_split_full_rows_is_exact(pattern, q_len, kv_len):
+    """Queries at p < g allow every key; every other query allows exactly what ``rest`` allows."""
+    parsed = sparseflash.parse(pattern)
+    rest, tokens = split_full_rows(parsed)
+    positions = torch.arange(q_len) + kv_len - q_len
+    whole, apart = parsed.dense_mask(q_len, kv_len), rest.dense_mask(q_len, kv_len)
+    full = positions < tokens
+    assert whole[full].all()
+    assert torch.equal(whole[~full], apart[~full])
+    assert not any(type(node).__name__ == "Global" for node in (rest.children or (rest,)))
+
+
+# A difference at the top (a + b - c is (a + b) - c) may take keys from the global rows.
+@pytest.mark.parametrize("pattern", ["global(9) + strided(5) - chunk(4)", "local(20) & global(5)", "(local(20) + global(5)) & causal", "local(3)", "dense", "global(0) + local(2)"])
+def test_split_full_rows_needs_a_global_in_the_top_union(pattern):
+    assert split_full_rows(sparseflash.parse(pattern)) is None
+
+
+@pytest.mark.parametrize(
+    "pattern, length, n_rows",
+    [("local(256)+global(4)", 32768, 4), ("global(64) + local(128)", 32768, 64), ("global(65) + local(128)", 32768, None),
+     ("local(256)+sink(4)", 32768, None), ("(local(256)+global(4)) & causal", 32768, None), ("causal + global(4)", 32768, None),
+     ("local(256)+global(4)", 1000, None)],
+)  # fmt: skip
+def test_full_rows_go_apart_when_they_make_a_long_row(pattern, length, n_rows):
+    """Apart only when the global rows are the long row of an otherwise short-row mask (not when
+    every row is long, as under causal, nor at 1000 tokens, 8 blocks a row), and are at most
+    MAX_FULL_ROWS rows."""
+    split = full_rows.full_rows_apart(sparseflash.compile_mask(pattern, length))
+    assert (split.n_rows if split else None) == n_rows
+    if split:
+        assert str(split.rest.pattern) == str(split_full_rows(sparseflash.parse(pattern))[0])
+        assert split.rows.allowed_pairs == n_rows * length
+
+
+# Queries sit at p = i + Lk - Lq: at 390 x 400 global(16) covers 6 query rows, at 300 x 250
+# global(5) 55 (the first 50 at p < 0). Two query heads a key head, fp16 and fp32; 16-blocks make
+# the global rows long. Outputs are poisoned first, so a row neither pass writes is NaN.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize(
+    "pattern, q_len, kv_len, n_rows",
+    [("local(8) + global(5)", 203, 203, 5), ("global(16) + local(7)", 390, 400, 6), ("local(9) + global(5)", 300, 250, 55),
+     ("sink(3) + local(9) + global(16)", 300, 300, 16)],
+)  # fmt: skip
+def test_full_rows_apart_match_the_oracle(pattern, q_len, kv_len, n_rows, dtype, monkeypatch):
+    monkeypatch.setattr(kernels, "POISON_OUTPUTS", True)
+    mask = sparseflash.compile_mask(pattern, q_len, kv_len, block_m=16, block_n=16)
+    split = full_rows.full_rows_apart(mask)
+    assert split is not None and split.n_rows == n_rows
+    gen = torch.Generator().manual_seed(q_len)
+    q, dout = (torch.randn(1, 4, q_len, 32, generator=gen).to(dtype) for _ in range(2))
+    k, v = (torch.randn(1, 2, kv_len, 32, generator=gen).to(dtype) for _ in range(2))
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    out, lse = sparseflash.attention(*leaves, mask, return_lse=True)
+    got = (out.detach(), lse.detach(), *torch.autograd.grad(out, leaves, dout))
+    allowed = sparseflash.parse(pattern).dense_mask(q_len, kv_len)
+    expected = _forward_and_grads(q, k, v, dout, allowed, torch.float64)
+    same = _forward_and_grads(q, k, v, dout, allowed, dtype)
+    for name, g, s, o in zip(("out", "lse", "dq", "dk", "dv"), got, same, expected):
+        check_close(name, g, s, o, dtype)
+
+
+def test_whole_mask_when_switched_off(monkeypatch):
+    mask = sparseflash.compile_mask("local(8) + global(5)", 203, block_m=16, block_n=16)
+    assert full_rows.full_rows_apart(mask) is not None
+    monkeypatch.setattr(full_rows, "FULL_ROWS_APART", False)
+    assert full_rows.full_rows_apart(mask) is None
+
+
+def _forward_and_grads(q, k, v, dout, allowed, compute_dtype):
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    out, lse = reference_attention(*leaves, allowed, compute_dtype=compute_dtype)
+    grads = torch.autograd.grad(out, leaves, dout.to(out.dtype))
+    return (out.detach(), lse.detach(), *(g.detach() for g in grads))
