@@ -429,18 +429,19 @@ def _forward_full_rows_apart(q, k, v, apart: FullRows, scale: float, allow_tf32:
     def rows_pass():
         attention_forward(q[:, :, :n_rows], k, v, apart.rows, scale, allow_tf32=allow_tf32, config=rows_config, out=rows_out, lse=rows_lse)
 
+    # The rest first: the GPU is busy with it while the host launches the rows' small kernels.
     if full_rows_module.FULL_ROWS_OVERLAP and q.is_cuda:
         with on_device_of(q):
             main = torch.cuda.current_stream(q.device)
             side = side_stream(q.device)
             side.wait_stream(main)
+            attention_forward(q, k, v, apart.rest, scale, allow_tf32=allow_tf32, out=out, lse=lse)
             with torch.cuda.stream(side):
                 rows_pass()
-            attention_forward(q, k, v, apart.rest, scale, allow_tf32=allow_tf32, out=out, lse=lse)
             main.wait_stream(side)
     else:
-        rows_pass()
         attention_forward(q, k, v, apart.rest, scale, allow_tf32=allow_tf32, out=out, lse=lse)
+        rows_pass()
     out[:, :, :n_rows].copy_(rows_out)
     lse[:, :, :n_rows].copy_(rows_lse)
     return out, lse

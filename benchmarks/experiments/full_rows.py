@@ -7,7 +7,8 @@ launches for the rows.
 
 Forward launcher times (``attention_forward``, no autograd), ``do_bench`` medians with the
 variants alternating twice on the same inputs, bf16; every variant's output and lse are compared
-with the whole mask's first.
+with the whole mask's first. Also per variant: the GPU time of its kernels (``kernel_times``, their
+sum; kernels on two streams may overlap) and the host time of one call (100 calls, no sync).
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import time
+
 import torch
 import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import sparseflash  # noqa: E402
+from line_costs import kernel_times  # noqa: E402
 from results_file import save_results  # noqa: E402
 from sparseflash.kernels import full_rows  # noqa: E402
 from sparseflash.kernels.forward import attention_forward  # noqa: E402
@@ -39,16 +43,24 @@ VARIANTS = {
     "whole": (False, False, BASE),
     "apart, in sequence": (True, False, BASE),
     "apart, beside": (True, True, BASE),
-    "beside, items of 2": (True, True, replace(BASE, split_blocks=2)),
     "beside, items of 8": (True, True, replace(BASE, split_blocks=8)),
-    "beside, 128-key steps": (True, True, replace(BASE, block_n=128, num_stages=2)),
     "beside, 2 stages": (True, True, replace(BASE, num_stages=2)),
-    "beside, 4 stages": (True, True, replace(BASE, num_stages=4)),
 }
 
 
 def use(variant) -> None:
     full_rows.FULL_ROWS_APART, full_rows.FULL_ROWS_OVERLAP, full_rows.FULL_ROWS_CONFIG = variant
+
+
+def host_time(run, calls: int = 100) -> float:
+    """Seconds of host time per call, the GPU left to catch up (100 calls queue without blocking)."""
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        run()
+    elapsed = time.perf_counter() - start
+    torch.cuda.synchronize()
+    return elapsed / calls
 
 
 def main() -> None:
@@ -69,14 +81,22 @@ def main() -> None:
                 use(variant)
                 out, lse = run()
                 errors[name] = max((out.float() - reference[0]).abs().max().item(), (lse - reference[1]).abs().max().item())
-            for _ in range(2):
+            for _ in range(3):
                 for name, variant in VARIANTS.items():
                     use(variant)
                     times[name].append(triton.testing.do_bench(run, warmup=25, rep=200, return_mode="median"))
-            for name in VARIANTS:
+            for name, variant in VARIANTS.items():
+                use(variant)
                 ms = sum(times[name]) / len(times[name])
-                rows.append(dict(pattern=pattern, seq_len=seq_len, heads=heads, head_dim=head_dim, variant=name, ms=ms, max_diff=errors[name]))
-                print(f"{pattern} {seq_len // 1024}k H{heads} D{head_dim}  {name:24s} {ms:7.3f} ms  max diff {errors[name]:.1e}", flush=True)
+                kernels_ms = sum(kernel_times(run, calls=10).values())
+                host_us = host_time(run) * 1e6
+                rows.append(dict(pattern=pattern, seq_len=seq_len, heads=heads, head_dim=head_dim, variant=name, ms=ms,
+                                 kernels_ms=kernels_ms, host_us=host_us, max_diff=errors[name]))  # fmt: skip
+                print(
+                    f"{pattern} {seq_len // 1024}k H{heads} D{head_dim}  {name:24s} {ms:7.3f} ms  kernels {kernels_ms:7.3f} ms"
+                    f"  host {host_us:5.0f} us  max diff {errors[name]:.1e}",
+                    flush=True,
+                )
     finally:
         use(defaults)
     save_results("full_rows", {"rows": rows})
