@@ -52,10 +52,21 @@ class FullRows:
 _splits: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def full_rows_apart(mask: BlockMask) -> FullRows | None:
+# Apart only for launches of at least this many mask blocks (blocks a head times batch * heads):
+# the rows' launches cost ~250 us of host time (two Triton launches, copies; H200 host,
+# benchmarks/experiments/full_rows.py), which the rest's GPU time must hide. local(256)+global(4)
+# at 8k with 32 heads (14k blocks, 0.33 ms) ran faster whole through do_bench; at 32k with 16
+# heads (28k blocks, 0.53 ms) apart.
+MIN_APART_BLOCKS = 20000
+
+
+def full_rows_apart(mask: BlockMask, n_batch_heads: int | None = None) -> FullRows | None:
     """The split for ``mask``, or None to run it whole: when it was compiled from a pattern whose
-    top-level union holds ``global(g)``, those rows make a long row, and they are few. Cached."""
+    top-level union holds ``global(g)``, those rows make a long row, and they are few; with
+    ``n_batch_heads``, also only when the launch is large enough (MIN_APART_BLOCKS). Cached."""
     if not FULL_ROWS_APART or mask.is_dense or mask.pattern is None:
+        return None
+    if n_batch_heads is not None and (mask.n_full + mask.n_partial) * n_batch_heads < MIN_APART_BLOCKS:
         return None
     if mask not in _splits:
         _splits[mask] = _build(mask)

@@ -63,8 +63,9 @@ def test_full_rows_go_apart_when_they_make_a_long_row(pattern, length, n_rows):
 )  # fmt: skip
 def test_full_rows_apart_match_the_oracle(pattern, q_len, kv_len, n_rows, dtype, monkeypatch):
     monkeypatch.setattr(kernels, "POISON_OUTPUTS", True)
+    monkeypatch.setattr(full_rows, "MIN_APART_BLOCKS", 0)  # these launches are small
     mask = sparseflash.compile_mask(pattern, q_len, kv_len, block_m=16, block_n=16)
-    split = full_rows.full_rows_apart(mask)
+    split = full_rows.full_rows_apart(mask, 4)
     assert split is not None and split.n_rows == n_rows
     gen = torch.Generator().manual_seed(q_len)
     q, dout = (torch.randn(1, 4, q_len, 32, generator=gen).to(dtype) for _ in range(2))
@@ -77,6 +78,15 @@ def test_full_rows_apart_match_the_oracle(pattern, q_len, kv_len, n_rows, dtype,
     same = _forward_and_grads(q, k, v, dout, allowed, dtype)
     for name, g, s, o in zip(("out", "lse", "dq", "dk", "dv"), got, same, expected):
         check_close(name, g, s, o, dtype)
+
+
+def test_small_launches_keep_the_whole_mask():
+    """The rows' extra launches cost host time that a small launch cannot hide (MIN_APART_BLOCKS)."""
+    mask = sparseflash.compile_mask("local(256)+global(4)", 32768)
+    blocks = mask.n_full + mask.n_partial
+    assert full_rows.full_rows_apart(mask, 16) is not None  # 28k blocks
+    assert full_rows.full_rows_apart(mask, full_rows.MIN_APART_BLOCKS // blocks) is None
+    assert full_rows.full_rows_apart(sparseflash.compile_mask("local(256)+global(4)", 8192), 32) is None
 
 
 def test_whole_mask_when_switched_off(monkeypatch):

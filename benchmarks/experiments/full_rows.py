@@ -34,7 +34,7 @@ CASES = [
     ("local(256)+global(4)", 32768, 16, 128),
     ("local(256)+global(4)", 131072, 16, 128),
     ("local(256)+global(4)", 32768, 32, 64),
-    ("local(256)+global(4)", 8192, 32, 128),
+    ("local(256)+global(4)", 8192, 32, 128),  # below MIN_APART_BLOCKS: apart only as asked here
 ]
 
 BASE = full_rows.FULL_ROWS_CONFIG
@@ -44,7 +44,10 @@ VARIANTS = {
     "apart, in sequence": (True, False, BASE),
     "apart, beside": (True, True, BASE),
     "beside, items of 8": (True, True, replace(BASE, split_blocks=8)),
-    "beside, 2 stages": (True, True, replace(BASE, num_stages=2)),
+    "beside, items of 16": (True, True, replace(BASE, split_blocks=16)),
+    "beside, items of 8, 4 stages": (True, True, replace(BASE, split_blocks=8, num_stages=4)),
+    "beside, items of 8, 128 keys": (True, True, replace(BASE, split_blocks=8, block_n=128, num_stages=2)),
+    "beside, items of 16, 128 keys, 3 st": (True, True, replace(BASE, split_blocks=16, block_n=128, num_stages=3)),
 }
 
 
@@ -66,6 +69,7 @@ def host_time(run, calls: int = 100) -> float:
 def main() -> None:
     rows = []
     defaults = (full_rows.FULL_ROWS_APART, full_rows.FULL_ROWS_OVERLAP, full_rows.FULL_ROWS_CONFIG)
+    min_blocks = full_rows.MIN_APART_BLOCKS
     try:
         for pattern, seq_len, heads, head_dim in CASES:
             torch.manual_seed(0)
@@ -73,6 +77,7 @@ def main() -> None:
             q, k, v = (torch.randn(1, heads, seq_len, head_dim, device="cuda", dtype=torch.bfloat16) for _ in range(3))
             scale = head_dim**-0.5
             run = lambda: attention_forward(q, k, v, mask, scale)  # noqa: E731
+            full_rows.MIN_APART_BLOCKS = 0
             use(VARIANTS["whole"])
             reference = [t.float() for t in run()]
             times = {name: [] for name in VARIANTS}
@@ -99,6 +104,7 @@ def main() -> None:
                 )
     finally:
         use(defaults)
+        full_rows.MIN_APART_BLOCKS = min_blocks
     save_results("full_rows", {"rows": rows})
 
 
