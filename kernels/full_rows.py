@@ -33,7 +33,7 @@ MAX_FULL_ROWS = 64
 # for several programs a multiprocessor (the work is reading K and V once), in items of
 # ``split_blocks`` mask blocks. float32 and wider heads take narrower steps and fewer stages
 # (shared memory): full_rows_config.
-FULL_ROWS_CONFIG = ForwardConfig(16, 64, num_warps=4, num_stages=3, split_blocks=4)
+FULL_ROWS_CONFIG = ForwardConfig(16, 64, num_warps=4, num_stages=3, split_blocks=8)
 # Whether the all-key rows run on a second stream beside the rest (they read memory; the rest is
 # bound by latency and arithmetic).
 FULL_ROWS_OVERLAP = True
