@@ -257,7 +257,10 @@ def has_long_lines(mask, by_rows: bool) -> bool:
 
 # Whether masks whose lines all hold about as many blocks (the longest at most BALANCED_LINES times
 # the mean: bands, butterflies) still start their programs longest line first. Heavy-first costs
-# each program a dependent load (its line from the order table) before its block lists.
+# each program a dependent load (its line from the order table) before its block lists. Same-run
+# A/B, H200, forward off / on (benchmarks/ab_switches.py, results/heavy_first_balanced_ab.json):
+# local(1k) & causal 0.716 / 0.742 ms at 32k but 3.163 / 2.960 at 128k, butterfly(128) within 1%,
+# backward 0.3-1.7% slower off. The lengths disagree and why was not found: left on.
 HEAVY_FIRST_BALANCED = True
 BALANCED_LINES = 1.25
 

@@ -246,7 +246,8 @@ def test_deterministic_backward_on_gpu():
 
 def test_long_lines_are_split_on_gpu():
     """The cases above with ``local(256)+global(4)`` at 8k and 4 heads run split rows and columns
-    (kernels/split.py): their global row and column are cut into items and merged."""
+    (kernels/split.py): their global row and column are cut into items and merged. (At this size the
+    forward keeps the whole mask: full_rows.MIN_APART_BLOCKS.)"""
     from sparseflash.kernels.common import Schedule, default_backward_config, default_forward_config
     from sparseflash.kernels.split import plan_for
 
