@@ -96,5 +96,7 @@ def _build(mask: BlockMask) -> FullRows | None:
     device = mask.device
     rest = compile_mask(rest_pattern, mask.q_len, mask.kv_len, block_m=mask.block_m, block_n=mask.block_n, device=device)
     rows_block = max(16, 1 << (n_rows - 1).bit_length())
+    # sink(Lk) allows every key as a mask of listed full blocks: a dense mask would have no lists
+    # for split.py to cut into items.
     rows = compile_mask(Sink(mask.kv_len), n_rows, mask.kv_len, block_m=rows_block, block_n=mask.block_n, device=device)
     return FullRows(rest=rest, rows=rows, n_rows=n_rows)
