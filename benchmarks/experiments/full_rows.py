@@ -17,13 +17,12 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import time
-
 import torch
 import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import sparseflash  # noqa: E402
+from exposed_host import host_us  # noqa: E402
 from line_costs import kernel_times  # noqa: E402
 from results_file import save_results  # noqa: E402
 from sparseflash.kernels import full_rows  # noqa: E402
@@ -55,17 +54,6 @@ def use(variant) -> None:
     full_rows.FULL_ROWS_APART, full_rows.FULL_ROWS_OVERLAP, full_rows.FULL_ROWS_CONFIG = variant
 
 
-def host_time(run, calls: int = 100) -> float:
-    """Seconds of host time per call, the GPU left to catch up (100 calls queue without blocking)."""
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(calls):
-        run()
-    elapsed = time.perf_counter() - start
-    torch.cuda.synchronize()
-    return elapsed / calls
-
-
 def main() -> None:
     rows = []
     defaults = (full_rows.FULL_ROWS_APART, full_rows.FULL_ROWS_OVERLAP, full_rows.FULL_ROWS_CONFIG)
@@ -94,12 +82,12 @@ def main() -> None:
                 use(variant)
                 ms = sum(times[name]) / len(times[name])
                 kernels_ms = sum(kernel_times(run, calls=10).values())
-                host_us = host_time(run) * 1e6
+                host = host_us(run, calls=100)
                 rows.append(dict(pattern=pattern, seq_len=seq_len, heads=heads, head_dim=head_dim, variant=name, ms=ms,
-                                 kernels_ms=kernels_ms, host_us=host_us, max_diff=errors[name]))  # fmt: skip
+                                 kernels_ms=kernels_ms, host_us=host, max_diff=errors[name]))  # fmt: skip
                 print(
                     f"{pattern} {seq_len // 1024}k H{heads} D{head_dim}  {name:24s} {ms:7.3f} ms  kernels {kernels_ms:7.3f} ms"
-                    f"  host {host_us:5.0f} us  max diff {errors[name]:.1e}",
+                    f"  host {host:5.0f} us  max diff {errors[name]:.1e}",
                     flush=True,
                 )
     finally:
