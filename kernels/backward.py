@@ -58,6 +58,8 @@ from .common import (
     tile_source,
 )
 from ..blockmask import NARROW_WINDOW
+from . import full_rows as full_rows_module
+from .full_rows import FullRows, full_rows_apart, full_rows_backward_config
 from .launch import LineLaunch, layout_key, line_launch, prepared_launch
 from .split import item_block_ranges, merge_sum, new_scratch, program_item, scratch_rows
 
@@ -614,13 +616,23 @@ def attention_backward(
     computes delta, then dK/dV: ``delta_in_dq``). Returns ``(dq, dk, dv)`` shaped and typed like q, k, v.
 
     ``out`` and ``lse`` are the forward's results; ``dlse`` (B, Hq, Lq), if given, is the gradient
-    of the lse output. ``config`` overrides tiles and launch settings.
+    of the lse output. ``config`` overrides tiles and launch settings. Rows that allow every key
+    (``full_rows.py``) get their dQ apart: see :func:`_dq_rows_apart`.
     """
+    batch, n_q_heads, q_len, head_dim = q.shape
     switches = (DKDV_WALK, DQ_WALK, DKDV_SKIP_ACROSS, DQ_SKIP_ACROSS, DELTA_IN_DQ)
     key = ("backward", config, allow_tf32, dlse is not None, *switches, *layout_key(q, k, v, dout))
     launch = prepared_launch(mask, key, lambda: _prepare_backward(q, k, v, dout, mask, allow_tf32, config, dlse is not None))
-    batch, n_q_heads, q_len, head_dim = q.shape
-    n_kv_heads, kv_len = k.shape[1], k.shape[2]
+    apart = None
+    if config is None and full_rows_module.FULL_ROWS_APART_BACKWARD:
+        apart = full_rows_apart(mask, batch * n_q_heads)
+    dq_run = launch.dq
+    if apart is not None:
+        # dQ over the rest of the pattern, delta where the whole mask's launch expects it.
+        rest_key = (*key, "rest dq", launch.delta_in_dq)
+        dq_run = prepared_launch(
+            apart.rest, rest_key, lambda: _prepare_dq_only(q, k, v, dout, apart.rest, allow_tf32, None, launch.delta_in_dq, dlse is not None)
+        )
     lse = lse.contiguous()  # written by our forward, so already contiguous: no copy in practice
     delta = new_output((batch, n_q_heads, q_len), torch.float32, q.device)
     if dlse is not None:
@@ -629,41 +641,18 @@ def attention_backward(
     dk = new_output(k.shape, k.dtype, k.device)
     dv = new_output(v.shape, v.dtype, v.device)
     dlse_pointer = dlse if dlse is not None else delta  # any tensor: the kernels read it only with HAS_DLSE
-    # dK/dV streams Q and dO tiles, dQ streams K and V: each kernel gets its own kind of descriptor.
-    q_tiles, do_tiles = streamed_tiles(launch.dkdv.use_tma, launch.dkdv.streamed_rows, q, dout)
-    k_tiles, v_tiles = streamed_tiles(launch.dq.use_tma, launch.dq.streamed_rows, k, v)
     scales = (scale * LOG2E, scale)
 
     def dkdv_pass():
-        run = launch.dkdv
-        if run.plan is not None:
-            dk_part = new_scratch(run.plan, batch * n_kv_heads, mask.block_n, launch.head_dim_padded, q.device)
-            dv_part = new_scratch(run.plan, batch * n_kv_heads, mask.block_n, launch.head_dim_padded, q.device)
-        else:
-            dk_part = dv_part = dk  # unused
-        _attention_backward_dkdv_kernel[run.grid](
-            q_tiles, k, v, do_tiles, q, dout, lse, delta, dk, dv, dk_part, dv_part, *run.lists,
-            *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(),
-            n_kv_heads, batch * n_kv_heads, q_len, kv_len, *scales,
-            **run.constants,
-        )  # fmt: skip
-        if run.plan is not None:
-            merge_sum(run.plan, dk_part, dk, mask.block_n)
-            merge_sum(run.plan, dv_part, dv, mask.block_n)
+        _run_dkdv(launch.dkdv, q, k, v, dout, lse, delta, dk, dv, mask.block_n, launch.head_dim_padded, scales)
 
     def dq_pass():
-        run = launch.dq
-        dq_part = dq if run.plan is None else new_scratch(run.plan, batch * n_q_heads, mask.block_m, launch.head_dim_padded, q.device)
-        _attention_backward_dq_kernel[run.grid](
-            q, k_tiles, v_tiles, dout, k, v, lse, delta, dq, dq_part, out, dlse_pointer, *run.lists,
-            *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(), *out.stride(),
-            n_q_heads, batch * n_q_heads, q_len, kv_len, *scales,
-            **run.constants,
-        )  # fmt: skip
-        if run.plan is not None:
-            merge_sum(run.plan, dq_part, dq, mask.block_m)
+        _run_dq(dq_run, q, k, v, dout, out, lse, delta, dlse_pointer, dq, mask.block_m, launch.head_dim_padded, scales)
 
     with on_device_of(q):
+        rows = None
+        if apart is not None:
+            rows = _dq_rows_apart(apart, q, k, v, dout, out, lse, dlse, allow_tf32, scales)
         if launch.delta_in_dq:
             dq_pass()
             dkdv_pass()
@@ -690,7 +679,103 @@ def attention_backward(
             else:
                 dkdv_pass()
                 dq_pass()
+        if rows is not None:
+            rows.finish(dq)
     return dq, dk, dv
+
+
+def _run_dkdv(run: LineLaunch, q, k, v, dout, lse, delta, dk, dv, mask_block_n: int, padded: int, scales) -> None:
+    """Launch the dK/dV kernel and, for split columns, sum its partials into ``dk`` and ``dv``."""
+    batch, _, q_len, _ = q.shape
+    n_kv_heads, kv_len = k.shape[1], k.shape[2]
+    q_tiles, do_tiles = streamed_tiles(run.use_tma, run.streamed_rows, q, dout)
+    if run.plan is not None:
+        dk_part = new_scratch(run.plan, batch * n_kv_heads, mask_block_n, padded, q.device)
+        dv_part = new_scratch(run.plan, batch * n_kv_heads, mask_block_n, padded, q.device)
+    else:
+        dk_part = dv_part = dk  # unused
+    _attention_backward_dkdv_kernel[run.grid](
+        q_tiles, k, v, do_tiles, q, dout, lse, delta, dk, dv, dk_part, dv_part, *run.lists,
+        *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(),
+        n_kv_heads, batch * n_kv_heads, q_len, kv_len, *scales,
+        **run.constants,
+    )  # fmt: skip
+    if run.plan is not None:
+        merge_sum(run.plan, dk_part, dk, mask_block_n)
+        merge_sum(run.plan, dv_part, dv, mask_block_n)
+
+
+def _run_dq(run: LineLaunch, q, k, v, dout, out, lse, delta, dlse, dq, mask_block_m: int, padded: int, scales) -> None:
+    """Launch the dQ kernel and, for split rows, sum its partials into ``dq``. ``lse``, ``delta``
+    and ``dlse`` are contiguous (B, Hq, Lq); ``out`` is read only when the kernel computes delta."""
+    batch, n_q_heads, q_len, _ = q.shape
+    k_tiles, v_tiles = streamed_tiles(run.use_tma, run.streamed_rows, k, v)
+    dq_part = dq if run.plan is None else new_scratch(run.plan, batch * n_q_heads, mask_block_m, padded, q.device)
+    _attention_backward_dq_kernel[run.grid](
+        q, k_tiles, v_tiles, dout, k, v, lse, delta, dq, dq_part, out, dlse, *run.lists,
+        *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(), *out.stride(),
+        n_q_heads, batch * n_q_heads, q_len, k.shape[2], *scales,
+        **run.constants,
+    )  # fmt: skip
+    if run.plan is not None:
+        merge_sum(run.plan, dq_part, dq, mask_block_m)
+
+
+@dataclass
+class _RowsDq:
+    """The all-key rows' dQ, launched on a side stream (or already done): ``finish`` joins it and
+    writes it over those rows of the whole dQ."""
+
+    dq_rows: torch.Tensor  # (B, Hq, n_rows, D)
+    side: torch.cuda.Stream | None
+    # The side stream's other inputs, allocated on the caller's stream: held until the join, so
+    # the allocator cannot hand their memory to the caller's stream while the rows read it.
+    inputs: tuple = ()
+
+    def finish(self, dq: torch.Tensor) -> None:
+        if self.side is not None:
+            torch.cuda.current_stream(dq.device).wait_stream(self.side)
+        dq[:, :, : self.dq_rows.shape[2]].copy_(self.dq_rows)
+        self.inputs = ()
+
+
+def _dq_rows_apart(apart: FullRows, q, k, v, dout, out, lse, dlse, allow_tf32: bool, scales) -> _RowsDq:
+    """Start the dQ of the first ``apart.n_rows`` queries, which allow every key.
+
+    The whole mask's dQ walks their block row, 256 blocks at 32k tokens under
+    ``local(256)+global(4)`` where the others have ~6, in tiles of 64 rows for 4 wanted ones. Here
+    it is a small dense dQ in 16-row tiles split over the multiprocessors (items of the rows'
+    ``sink(Lk)`` mask, as in the forward), run on a side stream beside the rest of the backward,
+    which computes dQ over ``apart.rest`` (wrong only on these rows, overwritten by ``finish``) and
+    dK/dV over the whole mask. The rows compute their own delta, so nothing orders them after the
+    rest. Their lse, dlse and dQ are small copies: the kernel reads lse and delta at rows
+    ``batch_head * n_rows + row``."""
+    n_rows = apart.n_rows
+    q_rows, dout_rows, out_rows = q[:, :, :n_rows], dout[:, :, :n_rows], out[:, :, :n_rows]
+    config = full_rows_backward_config(head_dim_padded(q.shape[3]), q.dtype, apart.rows)
+    key = ("backward rows", config, allow_tf32, dlse is not None, DQ_WALK, DQ_SKIP_ACROSS, *layout_key(q_rows, k, v, dout_rows))
+    run = prepared_launch(
+        apart.rows, key, lambda: _prepare_dq_only(q_rows, k, v, dout_rows, apart.rows, allow_tf32, config, True, dlse is not None)
+    )
+    # Allocated on the caller's stream, which reads them last: safe to free there.
+    lse_rows = lse[:, :, :n_rows].contiguous()
+    dlse_rows = dlse[:, :, :n_rows].contiguous() if dlse is not None else lse_rows  # read only with HAS_DLSE
+    delta_rows = torch.empty_like(lse_rows)
+    dq_rows = new_output(q_rows.shape, q.dtype, q.device)
+    padded = head_dim_padded(q.shape[3])
+
+    def rows_pass():
+        _run_dq(run, q_rows, k, v, dout_rows, out_rows, lse_rows, delta_rows, dlse_rows, dq_rows, apart.rows.block_m, padded, scales)
+
+    if not (full_rows_module.FULL_ROWS_OVERLAP and q.is_cuda):
+        rows_pass()
+        return _RowsDq(dq_rows, None)
+    main = torch.cuda.current_stream(q.device)
+    side = side_stream(q.device)
+    side.wait_stream(main)
+    with torch.cuda.stream(side):
+        rows_pass()
+    return _RowsDq(dq_rows, side, (lse_rows, dlse_rows, delta_rows))
 
 
 def overlap_passes(device: torch.device) -> bool:
@@ -703,7 +788,25 @@ def overlap_passes(device: torch.device) -> bool:
 
 def _prepare_backward(q, k, v, dout, mask, allow_tf32: bool, config: BackwardConfig | None, has_dlse: bool) -> _BackwardLaunch:
     """The backward launches' choices for this mask and these inputs' layout (not their values)."""
-    batch, n_q_heads, _, head_dim = q.shape
+    config, common = _backward_common(q, k, v, dout, mask, allow_tf32, config)
+    delta_here = delta_in_dq(mask)
+    return _BackwardLaunch(
+        dkdv=_prepare_dkdv(config, common, mask, q, k, v, dout),
+        dq=_prepare_dq(config, common, mask, q, k, v, dout, delta_here, has_dlse),
+        delta_in_dq=delta_here,
+        head_dim_padded=common["HEAD_DIM_PADDED"],
+    )
+
+
+def _prepare_dq_only(q, k, v, dout, mask, allow_tf32: bool, config: BackwardConfig | None, delta_here: bool, has_dlse: bool) -> LineLaunch:
+    """The dQ launch alone, computing delta itself or not as the caller says (full-rows split)."""
+    config, common = _backward_common(q, k, v, dout, mask, allow_tf32, config)
+    return _prepare_dq(config, common, mask, q, k, v, dout, delta_here, has_dlse)
+
+
+def _backward_common(q, k, v, dout, mask, allow_tf32: bool, config: BackwardConfig | None):
+    """The config (the default for this mask if None, tiles checked) and both kernels' shared constexprs."""
+    _, n_q_heads, _, head_dim = q.shape
     n_kv_heads = k.shape[1]
     padded = head_dim_padded(head_dim)
     if config is None:
@@ -715,7 +818,6 @@ def _prepare_backward(q, k, v, dout, mask, allow_tf32: bool, config: BackwardCon
         ("block_n2", config.block_n2, mask.block_n),
     ):
         check_tile(name, tile, mask_block, mask.is_dense)
-    delta_here = delta_in_dq(mask)
     common = dict(
         GROUP_SIZE=n_q_heads // n_kv_heads,
         HEAD_DIM=head_dim,
@@ -729,10 +831,14 @@ def _prepare_backward(q, k, v, dout, mask, allow_tf32: bool, config: BackwardCon
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
-    # dK/dV walks columns and streams Q and dO tiles, dQ walks rows and streams K and V: each gets
-    # its own schedule, split plan and kind of descriptor.
-    dkdv = line_launch(
-        config, mask, (q, k, v, dout), by_rows=False, backward=True, n_batch_heads=batch * n_kv_heads,
+    return config, common
+
+
+# dK/dV walks columns and streams Q and dO tiles, dQ walks rows and streams K and V: each gets its
+# own schedule, split plan and kind of descriptor.
+def _prepare_dkdv(config: BackwardConfig, common: dict, mask, q, k, v, dout) -> LineLaunch:
+    return line_launch(
+        config, mask, (q, k, v, dout), by_rows=False, backward=True, n_batch_heads=q.shape[0] * k.shape[1],
         tile=config.block_n1, streamed_rows=config.block_m1,
         constants=dict(
             BLOCK_M=config.block_m1,
@@ -743,8 +849,11 @@ def _prepare_backward(q, k, v, dout, mask, allow_tf32: bool, config: BackwardCon
             **common,
         ),
     )  # fmt: skip
-    dq = line_launch(
-        config, mask, (q, k, v, dout), by_rows=True, backward=True, n_batch_heads=batch * n_q_heads,
+
+
+def _prepare_dq(config: BackwardConfig, common: dict, mask, q, k, v, dout, delta_here: bool, has_dlse: bool) -> LineLaunch:
+    return line_launch(
+        config, mask, (q, k, v, dout), by_rows=True, backward=True, n_batch_heads=q.shape[0] * q.shape[1],
         tile=config.block_m2, streamed_rows=config.block_n2,
         constants=dict(
             BLOCK_M=config.block_m2,
@@ -757,4 +866,3 @@ def _prepare_backward(q, k, v, dout, mask, allow_tf32: bool, config: BackwardCon
             **common,
         ),
     )  # fmt: skip
-    return _BackwardLaunch(dkdv=dkdv, dq=dq, delta_in_dq=delta_here, head_dim_padded=padded)

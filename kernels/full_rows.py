@@ -1,4 +1,4 @@
-"""Rows that allow every key, computed apart from the rest of the mask (forward only).
+"""Rows that allow every key, computed apart from the rest of the mask (the forward, and dQ).
 
 Under ``local(256)+global(4)`` the first 4 queries attend to all keys. In the block mask they make
 the first query block's row 256 blocks long at 32k tokens, where every other row has ~6; that row
@@ -11,7 +11,12 @@ in 16-row tiles, split across the multiprocessors (``split.py``).
     forward:  out, lse = rest-of-pattern attention for every row   (rows < n: overwritten)
               out[:, :, :n], lse[:, :, :n] = attention of q[:, :, :n] over all keys
 
-The backward keeps the whole mask: it needs only ``out`` and ``lse``, which are the same.
+The backward reads only ``out`` and ``lse``, which are the same. Its dK/dV keeps the whole mask
+(each column program takes the rows in one narrow step); its dQ is split the same way
+(``backward._dq_rows_apart``):
+
+    dQ:       dq = rest-of-pattern dQ for every row                  (rows < n: overwritten)
+              dq[:, :, :n] = dQ of q[:, :, :n] over all keys
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import torch
 
 from ..blockmask import BlockMask, compile_mask
 from ..pattern import Sink, split_full_rows
-from .common import ForwardConfig, has_long_lines
+from .common import BackwardConfig, ForwardConfig, has_long_lines
 
 # Whether the forward computes all-key rows apart (see the module docstring).
 FULL_ROWS_APART = True
@@ -100,3 +105,16 @@ def _build(mask: BlockMask) -> FullRows | None:
     # for split.py to cut into items.
     rows = compile_mask(Sink(mask.kv_len), n_rows, mask.kv_len, block_m=rows_block, block_n=mask.block_n, device=device)
     return FullRows(rest=rest, rows=rows, n_rows=n_rows)
+
+
+# Whether the backward computes the all-key rows' dQ apart (backward._dq_rows_apart). dK/dV keeps
+# the whole mask either way: its column programs take those rows in one narrow step each.
+FULL_ROWS_APART_BACKWARD = True
+# The rows' dQ launch: 16-row tiles over 64-key steps, items of 8 mask blocks, as in the forward.
+FULL_ROWS_BACKWARD_CONFIG = BackwardConfig(16, 64, 16, 64, num_warps=4, num_stages=3, split_blocks=8)
+
+
+def full_rows_backward_config(head_dim_padded: int, dtype: torch.dtype, rows: BlockMask) -> BackwardConfig:
+    """FULL_ROWS_BACKWARD_CONFIG fitted to the head dim, the dtype and the rows' mask blocks."""
+    forward = full_rows_config(head_dim_padded, dtype, rows)
+    return replace(FULL_ROWS_BACKWARD_CONFIG, block_n1=forward.block_n, block_n2=forward.block_n, num_stages=forward.num_stages)

@@ -221,15 +221,15 @@ def test_int64_offsets():
 
 
 def test_full_rows_apart_on_gpu(monkeypatch):
-    """The forward with the global rows computed apart (kernels/full_rows.py), on two streams, in
-    bf16: allowed at this size only by lowering MIN_APART_BLOCKS (the benchmarks' 32k is too big
-    for the float64 oracle)."""
+    """The forward with the global rows computed apart and the backward with their dQ apart
+    (kernels/full_rows.py), each on two streams, in bf16: allowed at this size only by lowering
+    MIN_APART_BLOCKS (the benchmarks' 32k is too big for the float64 oracle)."""
     from sparseflash.kernels import full_rows
 
     monkeypatch.setattr(full_rows, "MIN_APART_BLOCKS", 0)
     case = ("local(256)+global(4)", 1, 8, 2, 8192, 8192, 128, torch.bfloat16)
     mask = sparseflash.compile_mask(case[0], 8192, device="cuda")
-    assert full_rows.full_rows_apart(mask, 8) is not None and full_rows.FULL_ROWS_OVERLAP
+    assert full_rows.full_rows_apart(mask, 8) is not None and full_rows.FULL_ROWS_OVERLAP and full_rows.FULL_ROWS_APART_BACKWARD
     q, k, v, dout, dlse = make_inputs(*case[1:], seed=11)
     allowed = sparseflash.parse(case[0]).dense_mask(8192, 8192, device="cuda")
     check_case(_case_id(case) + " apart", lambda *t: attention(*t, mask, return_lse=True), q, k, v, dout, dlse, allowed)

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from attention_oracle import check_close, reference_attention
+from attention_oracle import check_close, forward_and_grads, reference_attention
 
 import sparseflash
 from sparseflash.pattern import split_full_rows
@@ -54,7 +54,9 @@ def test_full_rows_go_apart_when_they_make_a_long_row(pattern, length, n_rows):
 
 # Queries sit at p = i + Lk - Lq: at 390 x 400 global(16) covers 6 query rows, at 300 x 250
 # global(5) 55 (the first 50 at p < 0). Two query heads a key head, fp16 and fp32; 16-blocks make
-# the global rows long. Outputs are poisoned first, so a row neither pass writes is NaN.
+# the global rows long. Outputs are poisoned first, so a row neither pass writes is NaN. Both
+# passes split: the forward computes those rows apart, the backward their dQ (backward.py). The
+# gradient flows into out and lse, so the rows' delta takes dlse too.
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize(
     "pattern, q_len, kv_len, n_rows",
@@ -70,12 +72,13 @@ def test_full_rows_apart_match_the_oracle(pattern, q_len, kv_len, n_rows, dtype,
     gen = torch.Generator().manual_seed(q_len)
     q, dout = (torch.randn(1, 4, q_len, 32, generator=gen).to(dtype) for _ in range(2))
     k, v = (torch.randn(1, 2, kv_len, 32, generator=gen).to(dtype) for _ in range(2))
-    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
-    out, lse = sparseflash.attention(*leaves, mask, return_lse=True)
-    got = (out.detach(), lse.detach(), *torch.autograd.grad(out, leaves, dout))
+    dlse = torch.randn(1, 4, q_len, generator=gen)
+    got = forward_and_grads(lambda *qkv: sparseflash.attention(*qkv, mask, return_lse=True), q, k, v, dout, dlse)
     allowed = sparseflash.parse(pattern).dense_mask(q_len, kv_len)
-    expected = _forward_and_grads(q, k, v, dout, allowed, torch.float64)
-    same = _forward_and_grads(q, k, v, dout, allowed, dtype)
+    expected, same = (
+        forward_and_grads(lambda *qkv: reference_attention(*qkv, allowed, compute_dtype=precision), q, k, v, dout, dlse)
+        for precision in (torch.float64, dtype)
+    )
     for name, g, s, o in zip(("out", "lse", "dq", "dk", "dv"), got, same, expected):
         check_close(name, g, s, o, dtype)
 
@@ -94,10 +97,3 @@ def test_whole_mask_when_switched_off(monkeypatch):
     assert full_rows.full_rows_apart(mask) is not None
     monkeypatch.setattr(full_rows, "FULL_ROWS_APART", False)
     assert full_rows.full_rows_apart(mask) is None
-
-
-def _forward_and_grads(q, k, v, dout, allowed, compute_dtype):
-    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
-    out, lse = reference_attention(*leaves, allowed, compute_dtype=compute_dtype)
-    grads = torch.autograd.grad(out, leaves, dout.to(out.dtype))
-    return (out.detach(), lse.detach(), *(g.detach() for g in grads))
