@@ -1,7 +1,8 @@
 """Same-run A/B for computing the all-key rows of ``global(g)`` apart (``kernels/full_rows.py``):
 the whole mask in one launch ("whole") against the rest of the pattern plus the rows over all
-keys, in sequence or beside each other on two streams, with several launches for the rows. In
-the forward the rows' output and lse are computed apart; with ``--backward``, their dQ.
+keys, in sequence or beside each other on two streams, with several launches for the rows, or
+(forward) fused into the rest's launch. In the forward the rows' output and lse are computed
+apart; with ``--backward``, their dQ.
 
     python benchmarks/experiments/full_rows.py               # on a GPU; writes results/full_rows.json
     python benchmarks/experiments/full_rows.py --backward    # results/full_rows_backward.json
@@ -27,7 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import sparseflash  # noqa: E402
 from exposed_host import host_us  # noqa: E402
 from line_costs import kernel_times  # noqa: E402
+from occupancy import compiled_kernels, new_kernels  # noqa: E402
 from results_file import save_results  # noqa: E402
+from sparseflash.kernels import forward as forward_module  # noqa: E402
 from sparseflash.kernels import full_rows  # noqa: E402
 from sparseflash.kernels.backward import attention_backward  # noqa: E402
 from sparseflash.kernels.forward import attention_forward  # noqa: E402
@@ -41,18 +44,14 @@ CASES = [
 ]
 
 BASE = full_rows.FULL_ROWS_CONFIG
-# name -> (apart, overlap, rows config)
+# name -> (apart, overlap, rows config, fused into the rest's launch)
 VARIANTS = {
-    "whole": (False, False, BASE),
-    "apart, in sequence": (True, False, BASE),
-    "apart, beside": (True, True, BASE),
-    "beside, items of 8": (True, True, replace(BASE, split_blocks=8)),
-    "beside, items of 16": (True, True, replace(BASE, split_blocks=16)),
-    "beside, items of 8, 4 stages": (True, True, replace(BASE, split_blocks=8, num_stages=4)),
-    "beside, items of 8, 128 keys": (True, True, replace(BASE, split_blocks=8, block_n=128, num_stages=2)),
-    "beside, items of 16, 128 keys, 3 st": (True, True, replace(BASE, split_blocks=16, block_n=128, num_stages=3)),
+    "whole": (False, False, BASE, False),
+    "apart, in sequence": (True, False, BASE, False),
+    "apart, beside": (True, True, BASE, False),
+    "apart, beside, items of 16": (True, True, replace(BASE, split_blocks=16), False),
+    "fused": (True, True, BASE, True),
 }
-
 
 BACKWARD_BASE = full_rows.FULL_ROWS_BACKWARD_CONFIG
 # name -> (dQ apart, overlap, rows' dQ config); the forward runs apart (the default) in every one.
@@ -68,7 +67,7 @@ BACKWARD_VARIANTS = {
 
 
 def use(variant) -> None:
-    full_rows.FULL_ROWS_APART, full_rows.FULL_ROWS_OVERLAP, full_rows.FULL_ROWS_CONFIG = variant
+    full_rows.FULL_ROWS_APART, full_rows.FULL_ROWS_OVERLAP, full_rows.FULL_ROWS_CONFIG, full_rows.FULL_ROWS_FUSED = variant
 
 
 def use_backward(variant) -> None:
@@ -80,8 +79,8 @@ def main() -> None:
     parser.add_argument("--backward", action="store_true", help="time the backward's dQ variants instead")
     backward = parser.parse_args().backward
     variants, choose = (BACKWARD_VARIANTS, use_backward) if backward else (VARIANTS, use)
-    rows = []
-    defaults = (full_rows.FULL_ROWS_APART, full_rows.FULL_ROWS_OVERLAP, full_rows.FULL_ROWS_CONFIG)
+    rows, compiled = [], []
+    defaults = (full_rows.FULL_ROWS_APART, full_rows.FULL_ROWS_OVERLAP, full_rows.FULL_ROWS_CONFIG, full_rows.FULL_ROWS_FUSED)
     backward_default = full_rows.FULL_ROWS_APART_BACKWARD, full_rows.FULL_ROWS_BACKWARD_CONFIG
     min_blocks = full_rows.MIN_APART_BLOCKS
     try:
@@ -102,7 +101,13 @@ def main() -> None:
             errors = {}
             for name, variant in variants.items():
                 choose(variant)
+                # The forward kernels each variant compiles: registers, spills, programs per SM
+                # (the fused one must keep the rest's two a multiprocessor).
+                before = {forward_module._attention_forward_kernel: compiled_kernels(forward_module._attention_forward_kernel)}
                 errors[name] = max((got.float() - want).abs().max().item() for got, want in zip(run(), reference))
+                for kernel in new_kernels(list(before), before):
+                    compiled.append(dict(pattern=pattern, seq_len=seq_len, variant=name, **kernel))
+                    print(compiled[-1], flush=True)
             for _ in range(3):
                 for name, variant in variants.items():
                     choose(variant)
@@ -123,7 +128,7 @@ def main() -> None:
         use(defaults)
         full_rows.FULL_ROWS_APART_BACKWARD, full_rows.FULL_ROWS_BACKWARD_CONFIG = backward_default
         full_rows.MIN_APART_BLOCKS = min_blocks
-    save_results("full_rows_backward" if backward else "full_rows", {"rows": rows})
+    save_results("full_rows_backward" if backward else "full_rows", {"rows": rows, "compiled": compiled})
 
 
 if __name__ == "__main__":
