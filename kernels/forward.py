@@ -28,8 +28,6 @@ tile and masks only the last one, when kv_len is not a multiple of BLOCK_N.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import triton
 import triton.language as tl
@@ -62,7 +60,7 @@ from ..blockmask import NARROW_WINDOW
 from . import full_rows as full_rows_module
 from .full_rows import FullRows, full_rows_apart, full_rows_config
 from .launch import LineLaunch, layout_key, line_launch, prepared_launch
-from .split import SplitPlan, item_block_ranges, merge_only_plan, merge_softmax, new_scratch, program_item, scratch_rows
+from .split import item_block_ranges, merge_softmax, new_scratch, program_item, scratch_rows
 
 # The order in which the forward walks runs of full blocks and dense rows (common.WALK_*). Keys
 # from the last backwards: as fast or up to 2% faster, H200, means of two runs each
@@ -164,7 +162,7 @@ def _partial_block_step(
 
 @triton.jit
 def _attention_forward_kernel(
-    Q, K, V, K_rows, V_rows, Out, Lse, OutPart, LsePart, RowsOutPart, RowsLsePart,
+    Q, K, V, K_rows, V_rows, Out, Lse, OutPart, LsePart,
     full_kv_offsets, full_kv_indices, full_kv_run_offsets, full_kv_run_starts, full_kv_run_ends,
     partial_kv_offsets, partial_kv_indices, partial_kv_tiles,
     across_kv_starts, across_kv_windows, narrow_kv_starts, tile_kv_windows, tiles, tile_key_spans,
@@ -173,7 +171,7 @@ def _attention_forward_kernel(
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_om, stride_od,
-    n_q_heads, n_batch_heads, q_len, kv_len, qk_scale, n_all_key_rows,
+    n_q_heads, n_batch_heads, q_len, kv_len, qk_scale,
     GROUP_SIZE: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     HEAD_DIM_PADDED: tl.constexpr,
@@ -195,7 +193,6 @@ def _attention_forward_kernel(
     NARROW: tl.constexpr,
     SKIP_ACROSS: tl.constexpr,
     KEY_SPANS: tl.constexpr,
-    ALL_KEY_ROWS: tl.constexpr,
 ):  # fmt: skip
     start_m, batch_head, item_begin, item_end, slot = program_item(
         item_lines, item_begins, item_ends, item_slots, BLOCK_M, MASK_BLOCK_M, HEAVY_FIRST, HEADS_FASTEST, SPLIT
@@ -362,51 +359,6 @@ def _attention_forward_kernel(
         store_rows(o_base, start_m, offs_m, offs_d, stride_om, stride_od, q_len, out.to(Out.dtype.element_ty), HEAD_DIM)
         tl.store(lse_base + start_m + offs_m, lse, mask=(start_m + offs_m) < q_len)
 
-    if ALL_KEY_ROWS > 0:
-        if start_m < q_len:  # heavy-first grids hold tiles past the end; they take no share
-            _all_key_rows_share(
-                q_base, k_base, v_base, RowsOutPart, RowsLsePart, batch, kv_head, batch_head, n_batch_heads, start_m, offs_n, offs_d,
-                stride_qm, stride_qd, stride_kn, stride_kd, stride_vn, stride_vd, n_all_key_rows, q_len, kv_len, qk_scale,
-                HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_M, BLOCK_N, ALL_KEY_ROWS,
-            )  # fmt: skip
-
-
-@triton.jit
-def _all_key_rows_share(
-    q_base, k_base, v_base, RowsOutPart, RowsLsePart, batch, kv_head, batch_head, n_batch_heads, start_m, offs_n, offs_d,
-    stride_qm, stride_qd, stride_kn, stride_kd, stride_vn, stride_vd, n_rows, q_len, kv_len, qk_scale,
-    HEAD_DIM: tl.constexpr, HEAD_DIM_PADDED: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ROWS: tl.constexpr,
-):  # fmt: skip
-    """This program's share of the first ``n_rows`` (<= ROWS) queries, which allow every key
-    (full_rows.py, fused): the program of query tile ``share = start_m // BLOCK_M`` folds key chunks
-    ``share, share + n_shares, ...`` of BLOCK_M keys into those rows and writes the result and its
-    lse to slot ``share`` of the float32 scratch (n_shares, B*H, ROWS, D) / (n_shares, B*H, ROWS),
-    which ``split.merge_softmax`` combines. At Lk = Lq each program takes the keys of its own
-    query tile, which its band has just read: they come from L2, and no launch reads K and V again.
-    """
-    share = start_m // BLOCK_M
-    n_shares = tl.cdiv(q_len, BLOCK_M)
-    offs_r = tl.arange(0, ROWS)
-    q = load_rows(q_base, 0, offs_r, offs_d, stride_qm, stride_qd, n_rows, True, HEAD_DIM, HEAD_DIM_PADDED)  # [ROWS, D]
-    m_i = tl.full([ROWS], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([ROWS], dtype=tl.float32)
-    acc = tl.zeros([ROWS, HEAD_DIM_PADDED], dtype=tl.float32)
-    for chunk_start in range(share * BLOCK_M, kv_len, n_shares * BLOCK_M):
-        for step in tl.static_range(0, BLOCK_M // BLOCK_N):
-            acc, m_i, l_i = _online_softmax_step(
-                acc, m_i, l_i, q, k_base, v_base, batch, kv_head, chunk_start + step * BLOCK_N, offs_n, offs_d,
-                stride_kn, stride_kd, stride_vn, stride_vd, kv_len, qk_scale, 0,
-                _BOUNDS_MASK, HEAD_DIM, HEAD_DIM_PADDED, DOT_PRECISION, USE_TMA, BLOCK_N,
-            )  # fmt: skip
-    has_key = l_i > 0.0  # a share past the last key chunk has none: weight 0 in the merge
-    l_safe = tl.where(has_key, l_i, 1.0)
-    out = acc / l_safe[:, None]
-    lse = tl.where(has_key, (m_i + tl.math.log2(l_safe)) * LN2_JIT, float("-inf"))
-    part_base = scratch_rows(RowsOutPart, share, batch_head, n_batch_heads, 0, ROWS, HEAD_DIM_PADDED)
-    tl.store(part_base + offs_r[:, None] * HEAD_DIM_PADDED + offs_d[None, :], out)
-    tl.store(scratch_rows(RowsLsePart, share, batch_head, n_batch_heads, 0, ROWS, 1) + offs_r, lse)
-
 
 def attention_forward(
     q: torch.Tensor,
@@ -435,12 +387,6 @@ def attention_forward(
         return _forward_full_rows_apart(q, k, v, apart, scale, allow_tf32, out, lse)
     key = ("forward", config, allow_tf32, FORWARD_WALK, FORWARD_SKIP_ACROSS, *layout_key(q, k, v))
     launch = prepared_launch(mask, key, lambda: _prepare_forward(q, k, v, mask, allow_tf32, config))  # a LineLaunch
-    return _launch_forward(launch, q, k, v, mask, scale, out, lse)
-
-
-def _launch_forward(launch: LineLaunch, q, k, v, mask, scale: float, out, lse, rows: _AllKeyRows | None = None):
-    """Allocate what is missing, launch the forward kernel, merge split rows; with ``rows`` (a
-    launch prepared with ALL_KEY_ROWS), also merge the all-key rows' shares over out and lse."""
     batch, n_q_heads, q_len, _ = q.shape
     kv_len = k.shape[2]
     if out is None:
@@ -448,70 +394,27 @@ def _launch_forward(launch: LineLaunch, q, k, v, mask, scale: float, out, lse, r
     if lse is None:
         lse = new_output((batch, n_q_heads, q_len), torch.float32, q.device)
     plan = launch.plan
-    padded = launch.constants["HEAD_DIM_PADDED"]
     if plan is not None:
-        out_part = new_scratch(plan, batch * n_q_heads, mask.block_m, padded, q.device)
+        out_part = new_scratch(plan, batch * n_q_heads, mask.block_m, launch.constants["HEAD_DIM_PADDED"], q.device)
         lse_part = new_scratch(plan, batch * n_q_heads, mask.block_m, 1, q.device)
     else:
         out_part = lse_part = out  # unused
-    if rows is not None:
-        rows_out_part = new_scratch(rows.merge, batch * n_q_heads, ALL_KEY_ROWS_BLOCK, padded, q.device)
-        rows_lse_part = new_scratch(rows.merge, batch * n_q_heads, ALL_KEY_ROWS_BLOCK, 1, q.device)
-    else:
-        rows_out_part = rows_lse_part = out  # unused
     k_tiles, v_tiles = streamed_tiles(launch.use_tma, launch.streamed_rows, k, v)
     with on_device_of(q):
         _attention_forward_kernel[launch.grid](
-            q, k_tiles, v_tiles, k, v, out, lse, out_part, lse_part, rows_out_part, rows_lse_part, *launch.lists,
+            q, k_tiles, v_tiles, k, v, out, lse, out_part, lse_part, *launch.lists,
             *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-            n_q_heads, batch * n_q_heads, q_len, kv_len, scale * LOG2E, rows.n_rows if rows is not None else 0,
+            n_q_heads, batch * n_q_heads, q_len, kv_len, scale * LOG2E,
             **launch.constants,
         )  # fmt: skip
         if plan is not None:
             merge_softmax(plan, out_part, lse_part, out, lse, mask.block_m)
-        if rows is not None:
-            merge_softmax(rows.merge, rows_out_part, rows_lse_part, out, lse, ALL_KEY_ROWS_BLOCK, n_rows=rows.n_rows)
     return out, lse
-
-
-# The fused all-key rows (full_rows.FULL_ROWS_FUSED): at most this many, one query tile of them.
-ALL_KEY_ROWS_BLOCK = 16
-
-
-@dataclass(frozen=True)
-class _AllKeyRows:
-    """A rest-of-pattern launch that also computes the all-key rows in shares (ALL_KEY_ROWS)."""
-
-    launch: LineLaunch
-    merge: SplitPlan  # one line whose slots are the shares
-    n_rows: int
-
-
-def _fused_rows(q, k, v, apart: FullRows, allow_tf32: bool) -> _AllKeyRows | None:
-    """The rest's launch with the all-key rows fused in, or None where it cannot take them: more
-    rows than one 16-row tile, a split rest (its items would each take a share), or query tiles
-    that are not whole numbers of key steps (a share is one query tile's width of keys)."""
-    if not full_rows_module.FULL_ROWS_FUSED or apart.n_rows > ALL_KEY_ROWS_BLOCK:
-        return None
-    key = ("forward, all-key rows", allow_tf32, FORWARD_WALK, FORWARD_SKIP_ACROSS, apart.n_rows, *layout_key(q, k, v))
-
-    def prepare():  # a 1-tuple: prepared_launch would not keep a None
-        launch = _prepare_forward(q, k, v, apart.rest, allow_tf32, None, all_key_rows=ALL_KEY_ROWS_BLOCK)
-        block_m, block_n = launch.constants["BLOCK_M"], launch.constants["BLOCK_N"]
-        if launch.plan is not None or block_m % block_n:
-            return (None,)
-        return (_AllKeyRows(launch, merge_only_plan(triton.cdiv(q.shape[2], block_m), q.device), apart.n_rows),)
-
-    return prepared_launch(apart.rest, key, prepare)[0]
 
 
 def _forward_full_rows_apart(q, k, v, apart: FullRows, scale: float, allow_tf32: bool, out, lse):
     """The forward of a mask whose first ``apart.n_rows`` queries allow every key (full_rows.py):
-    the rest of the pattern for all rows, and those rows over all keys written over theirs; the
-    latter inside the rest's launch (fused) where it can, else as a launch of their own."""
-    fused = _fused_rows(q, k, v, apart, allow_tf32)
-    if fused is not None:
-        return _launch_forward(fused.launch, q, k, v, apart.rest, scale, out, lse, rows=fused)
+    the rest of the pattern for all rows, then those rows over all keys written over theirs."""
     batch, n_q_heads, q_len, _ = q.shape
     n_rows = apart.n_rows
     if out is None:
@@ -544,9 +447,8 @@ def _forward_full_rows_apart(q, k, v, apart: FullRows, scale: float, allow_tf32:
     return out, lse
 
 
-def _prepare_forward(q, k, v, mask, allow_tf32: bool, config: ForwardConfig | None, all_key_rows: int = 0) -> LineLaunch:
-    """The forward launch's choices for this mask and these inputs' layout (not their values);
-    ``all_key_rows``: the ALL_KEY_ROWS tile (0: none)."""
+def _prepare_forward(q, k, v, mask, allow_tf32: bool, config: ForwardConfig | None) -> LineLaunch:
+    """The forward launch's choices for this mask and these inputs' layout (not their values)."""
     batch, n_q_heads, q_len, head_dim = q.shape
     n_kv_heads = k.shape[1]
     padded = head_dim_padded(head_dim)
@@ -573,7 +475,6 @@ def _prepare_forward(q, k, v, mask, allow_tf32: bool, config: ForwardConfig | No
         SKIP_ACROSS=FORWARD_SKIP_ACROSS,
         KEY_SPANS=key_span_count(config, mask),
         DOT_PRECISION=dot_precision(q.dtype, allow_tf32),
-        ALL_KEY_ROWS=all_key_rows,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )

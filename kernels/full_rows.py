@@ -118,8 +118,3 @@ def full_rows_backward_config(head_dim_padded: int, dtype: torch.dtype, rows: Bl
     """FULL_ROWS_BACKWARD_CONFIG fitted to the head dim, the dtype and the rows' mask blocks."""
     forward = full_rows_config(head_dim_padded, dtype, rows)
     return replace(FULL_ROWS_BACKWARD_CONFIG, block_n1=forward.block_n, block_n2=forward.block_n, num_stages=forward.num_stages)
-# Whether the forward computes up to 16 all-key rows inside the rest's launch (forward.py,
-# _all_key_rows_share): each program, after its own query tile, folds one query tile's width of
-# keys into those rows and writes a partial result, merged afterwards. Their K and V then come
-# from L2 (the band just read them) instead of a second pass over all of K and V.
-FULL_ROWS_FUSED = True

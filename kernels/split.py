@@ -269,14 +269,13 @@ def _merge_softmax_kernel(
     OutPart, LsePart, Out, Lse,
     merge_offsets, merge_lines,
     stride_ob, stride_oh, stride_om, stride_od,
-    n_heads, n_batch_heads, q_len, lse_len,
+    n_heads, n_batch_heads, q_len,
     HEAD_DIM: tl.constexpr,
     HEAD_DIM_PADDED: tl.constexpr,
     MASK_BLOCK: tl.constexpr,
     ROWS: tl.constexpr,
 ):  # fmt: skip
-    """Forward merge: one program per (ROWS rows of a split line, batch*head). Rows from q_len on
-    are not written; Lse is (B*H, lse_len), lse_len >= q_len."""
+    """Forward merge: one program per (ROWS rows of a split line, batch*head)."""
     line, row_in_block, batch_head, slot_begin, slot_end = _merge_program(merge_offsets, merge_lines, MASK_BLOCK, ROWS)
     offs_m = tl.arange(0, ROWS)
     offs_d = tl.arange(0, HEAD_DIM_PADDED)
@@ -304,7 +303,7 @@ def _merge_softmax_kernel(
     first_row = line * MASK_BLOCK + row_in_block
     o_base = Out + tl.cast(batch_head // n_heads, tl.int64) * stride_ob + tl.cast(batch_head % n_heads, tl.int64) * stride_oh
     store_rows(o_base, first_row, offs_m, offs_d, stride_om, stride_od, q_len, out.to(Out.dtype.element_ty), HEAD_DIM)
-    tl.store(Lse + tl.cast(batch_head, tl.int64) * lse_len + first_row + offs_m, lse, mask=(first_row + offs_m) < q_len)
+    tl.store(Lse + tl.cast(batch_head, tl.int64) * q_len + first_row + offs_m, lse, mask=(first_row + offs_m) < q_len)
 
 
 @triton.jit
@@ -335,17 +334,6 @@ def _merge_sum_kernel(
 # ------------------------------------------------------------------------------------- launchers
 
 
-def merge_only_plan(n_slots: int, device) -> SplitPlan:
-    """A plan with no items whose one split line, line 0, has ``n_slots`` slots: for partial
-    results that a launch writes without a split (forward.py, the fused all-key rows)."""
-    empty = torch.zeros(0, dtype=torch.int32, device=device)
-    return SplitPlan(
-        split_blocks=0, lines=empty, begins=empty, ends=empty, slots=empty,
-        merge_offsets=torch.tensor([0, n_slots], dtype=torch.int32, device=device),
-        merge_lines=torch.zeros(1, dtype=torch.int32, device=device), n_slots=n_slots,
-    )  # fmt: skip
-
-
 def new_scratch(plan: SplitPlan, n_batch_heads: int, mask_block: int, width: int, device) -> torch.Tensor:
     """float32 (n_slots, n_batch_heads, mask_block, width) for the items' partial results."""
     return torch.empty((plan.n_slots, n_batch_heads, mask_block, width), dtype=torch.float32, device=device)
@@ -356,14 +344,13 @@ def _merge_grid(plan: SplitPlan, mask_block: int, n_batch_heads: int):
     return rows, (plan.n_split_lines * (mask_block // rows), n_batch_heads)
 
 
-def merge_softmax(plan: SplitPlan, out_part, lse_part, out, lse, mask_block: int, n_rows: int | None = None):
-    """Write the split rows of ``out`` (B, H, Lq, D) and ``lse`` (B, H, Lq, contiguous) from the
-    slots; with ``n_rows``, only rows below it."""
+def merge_softmax(plan: SplitPlan, out_part, lse_part, out, lse, mask_block: int):
+    """Write the split rows of ``out`` (B, H, Lq, D) and ``lse`` (B, H, Lq) from the slots."""
     batch, n_heads, q_len, head_dim = out.shape
     rows, grid = _merge_grid(plan, mask_block, batch * n_heads)
     _merge_softmax_kernel[grid](
         out_part, lse_part, out, lse, plan.merge_offsets, plan.merge_lines,
-        *out.stride(), n_heads, batch * n_heads, q_len if n_rows is None else min(n_rows, q_len), q_len,
+        *out.stride(), n_heads, batch * n_heads, q_len,
         HEAD_DIM=head_dim, HEAD_DIM_PADDED=out_part.shape[-1], MASK_BLOCK=mask_block, ROWS=rows,
     )  # fmt: skip
 

@@ -53,9 +53,7 @@ def test_full_rows_go_apart_when_they_make_a_long_row(pattern, length, n_rows):
 
 
 # Queries sit at p = i + Lk - Lq: at 390 x 400 global(16) covers 6 query rows, at 300 x 250
-# global(5) 55 (the first 50 at p < 0). Up to 16 rows are fused into the rest's launch, in shares
-# of one query tile's width of keys: at 300 x 340 three programs take two key chunks, at 330 x 320
-# the last takes none; 55 rows take a launch of their own. Two query heads a key head, fp16 and fp32; 16-blocks make
+# global(5) 55 (the first 50 at p < 0), at 300 x 340 global(50) 10, at 330 x 320 global(4) 14. Two query heads a key head, fp16 and fp32; 16-blocks make
 # the global rows long. Outputs are poisoned first, so a row neither pass writes is NaN. Both
 # passes split: the forward computes those rows apart, the backward their dQ (backward.py). The
 # gradient flows into out and lse, so the rows' delta takes dlse too.

@@ -1,8 +1,7 @@
 """Same-run A/B for computing the all-key rows of ``global(g)`` apart (``kernels/full_rows.py``):
 the whole mask in one launch ("whole") against the rest of the pattern plus the rows over all
-keys, in sequence or beside each other on two streams, with several launches for the rows, or
-(forward) fused into the rest's launch. In the forward the rows' output and lse are computed
-apart; with ``--backward``, their dQ.
+keys, in sequence or beside each other on two streams, with several launches for the rows. In
+the forward the rows' output and lse are computed apart; with ``--backward``, their dQ.
 
     python benchmarks/experiments/full_rows.py               # on a GPU; writes results/full_rows.json
     python benchmarks/experiments/full_rows.py --backward    # results/full_rows_backward.json
@@ -44,13 +43,13 @@ CASES = [
 ]
 
 BASE = full_rows.FULL_ROWS_CONFIG
-# name -> (apart, overlap, rows config, fused into the rest's launch)
+# name -> (apart, overlap, rows config). The thirteenth session also timed the rows fused into the
+# rest's launch (commit ce40016, reverted; results/full_rows_3.json).
 VARIANTS = {
-    "whole": (False, False, BASE, False),
-    "apart, in sequence": (True, False, BASE, False),
-    "apart, beside": (True, True, BASE, False),
-    "apart, beside, items of 16": (True, True, replace(BASE, split_blocks=16), False),
-    "fused": (True, True, BASE, True),
+    "whole": (False, False, BASE),
+    "apart, in sequence": (True, False, BASE),
+    "apart, beside": (True, True, BASE),
+    "apart, beside, items of 16": (True, True, replace(BASE, split_blocks=16)),
 }
 
 BACKWARD_BASE = full_rows.FULL_ROWS_BACKWARD_CONFIG
@@ -67,7 +66,7 @@ BACKWARD_VARIANTS = {
 
 
 def use(variant) -> None:
-    full_rows.FULL_ROWS_APART, full_rows.FULL_ROWS_OVERLAP, full_rows.FULL_ROWS_CONFIG, full_rows.FULL_ROWS_FUSED = variant
+    full_rows.FULL_ROWS_APART, full_rows.FULL_ROWS_OVERLAP, full_rows.FULL_ROWS_CONFIG = variant
 
 
 def use_backward(variant) -> None:
@@ -80,7 +79,7 @@ def main() -> None:
     backward = parser.parse_args().backward
     variants, choose = (BACKWARD_VARIANTS, use_backward) if backward else (VARIANTS, use)
     rows, compiled = [], []
-    defaults = (full_rows.FULL_ROWS_APART, full_rows.FULL_ROWS_OVERLAP, full_rows.FULL_ROWS_CONFIG, full_rows.FULL_ROWS_FUSED)
+    defaults = (full_rows.FULL_ROWS_APART, full_rows.FULL_ROWS_OVERLAP, full_rows.FULL_ROWS_CONFIG)
     backward_default = full_rows.FULL_ROWS_APART_BACKWARD, full_rows.FULL_ROWS_BACKWARD_CONFIG
     min_blocks = full_rows.MIN_APART_BLOCKS
     try:
@@ -101,8 +100,7 @@ def main() -> None:
             errors = {}
             for name, variant in variants.items():
                 choose(variant)
-                # The forward kernels each variant compiles: registers, spills, programs per SM
-                # (the fused one must keep the rest's two a multiprocessor).
+                # The forward kernels each variant compiles: registers, spills, programs per SM.
                 before = {forward_module._attention_forward_kernel: compiled_kernels(forward_module._attention_forward_kernel)}
                 errors[name] = max((got.float() - want).abs().max().item() for got, want in zip(run(), reference))
                 for kernel in new_kernels(list(before), before):
