@@ -16,6 +16,8 @@ Notation: see ``common.py``. With ``s = scale * q . k`` on allowed pairs, ``p = 
 - dQ: one program per (kernel query tile, batch * q head) walking the query block's row of the mask.
   For short rows it runs first, computes its rows' delta and stores it for dK/dV (``DELTA_IN_DQ``);
   otherwise a preprocess pass computes delta before dK/dV and dQ.
+- Queries that allow every key (the first ones under ``global(g)``, ``full_rows.py``) get their
+  dQ from a small launch of their own beside the rest (``_dq_rows_apart``).
 
 [Note] Probabilities are recomputed from the saved lse in base 2: ``p = exp2(s2 - lse * log2(e))``
 with ``s2 = q.k * scale * log2(e)``. A fully masked row has lse = -inf; there it is replaced by
