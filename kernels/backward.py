@@ -754,7 +754,8 @@ def _dq_rows_apart(apart: FullRows, q, k, v, dout, out, lse, dlse, allow_tf32: b
     ``batch_head * n_rows + row``."""
     n_rows = apart.n_rows
     q_rows, dout_rows, out_rows = q[:, :, :n_rows], dout[:, :, :n_rows], out[:, :, :n_rows]
-    config = full_rows_backward_config(head_dim_padded(q.shape[3]), q.dtype, apart.rows)
+    padded = head_dim_padded(q.shape[3])
+    config = full_rows_backward_config(padded, q.dtype, apart.rows)
     key = ("backward rows", config, allow_tf32, dlse is not None, DQ_WALK, DQ_SKIP_ACROSS, *layout_key(q_rows, k, v, dout_rows))
     run = prepared_launch(
         apart.rows, key, lambda: _prepare_dq_only(q_rows, k, v, dout_rows, apart.rows, allow_tf32, config, True, dlse is not None)
@@ -764,7 +765,6 @@ def _dq_rows_apart(apart: FullRows, q, k, v, dout, out, lse, dlse, allow_tf32: b
     dlse_rows = dlse[:, :, :n_rows].contiguous() if dlse is not None else lse_rows  # read only with HAS_DLSE
     delta_rows = torch.empty_like(lse_rows)
     dq_rows = new_output(q_rows.shape, q.dtype, q.device)
-    padded = head_dim_padded(q.shape[3])
 
     def rows_pass():
         _run_dq(run, q_rows, k, v, dout_rows, out_rows, lse_rows, delta_rows, dlse_rows, dq_rows, apart.rows.block_m, padded, scales)

@@ -8,6 +8,7 @@ import sparseflash
 from sparseflash.pattern import split_full_rows
 
 pytest.importorskip("triton")  # the kernels need it; without it only the torch path is tested
+import sparseflash.kernels.backward as backward  # noqa: E402
 import sparseflash.kernels.common as kernels  # noqa: E402
 import sparseflash.kernels.full_rows as full_rows  # noqa: E402
 
@@ -53,9 +54,10 @@ def test_full_rows_go_apart_when_they_make_a_long_row(pattern, length, n_rows):
 
 
 # Queries sit at p = i + Lk - Lq: at 390 x 400 global(16) covers 6 query rows, at 300 x 250
-# global(5) 55 (the first 50 at p < 0), at 300 x 340 global(50) 10, at 330 x 320 global(4) 14. Two query heads a key head, fp16 and fp32; 16-blocks make
-# the global rows long. Outputs are poisoned first, so a row neither pass writes is NaN. Both
-# passes split: the forward computes those rows apart, the backward their dQ (backward.py). The
+# global(5) 55 (the first 50 at p < 0), at 300 x 340 global(50) 10, at 330 x 320 global(4) 14.
+# Two query heads a key head, fp16 and fp32; 16-blocks make the global rows long. Outputs are
+# poisoned first, so a row neither pass writes is NaN. Both passes split (checked, not assumed):
+# the forward computes those rows apart, the backward their dQ (backward._dq_rows_apart). The
 # gradient flows into out and lse, so the rows' delta takes dlse too.
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize(
@@ -73,7 +75,11 @@ def test_full_rows_apart_match_the_oracle(pattern, q_len, kv_len, n_rows, dtype,
     q, dout = (torch.randn(1, 4, q_len, 32, generator=gen).to(dtype) for _ in range(2))
     k, v = (torch.randn(1, 2, kv_len, 32, generator=gen).to(dtype) for _ in range(2))
     dlse = torch.randn(1, 4, q_len, generator=gen)
+    rows_dq_calls = []
+    split_dq = backward._dq_rows_apart
+    monkeypatch.setattr(backward, "_dq_rows_apart", lambda *args: rows_dq_calls.append(1) or split_dq(*args))
     got = forward_and_grads(lambda *qkv: sparseflash.attention(*qkv, mask, return_lse=True), q, k, v, dout, dlse)
+    assert rows_dq_calls == [1]
     allowed = sparseflash.parse(pattern).dense_mask(q_len, kv_len)
     expected, same = (
         forward_and_grads(lambda *qkv: reference_attention(*qkv, allowed, compute_dtype=precision), q, k, v, dout, dlse)
