@@ -368,8 +368,8 @@ def _attention_backward_dkdv_kernel(
     else:
         dk_base = DK + tl.cast(batch, tl.int64) * stride_dkb + tl.cast(kv_head, tl.int64) * stride_dkh
         dv_base = DV + tl.cast(batch, tl.int64) * stride_dvb + tl.cast(kv_head, tl.int64) * stride_dvh
-        store_rows(dk_base, start_n, offs_n, offs_d, stride_dkn, stride_dkd, kv_len, dk.to(DK.dtype.element_ty), HEAD_DIM)
-        store_rows(dv_base, start_n, offs_n, offs_d, stride_dvn, stride_dvd, kv_len, dv.to(DV.dtype.element_ty), HEAD_DIM)
+        store_rows(dk_base, start_n, offs_n, offs_d, stride_dkn, stride_dkd, 0, kv_len, dk.to(DK.dtype.element_ty), HEAD_DIM)
+        store_rows(dv_base, start_n, offs_n, offs_d, stride_dvn, stride_dvd, 0, kv_len, dv.to(DV.dtype.element_ty), HEAD_DIM)
 
 
 @triton.jit
@@ -586,7 +586,7 @@ def _attention_backward_dq_kernel(
         tl.store(part_base + offs_m[:, None] * HEAD_DIM_PADDED + offs_d[None, :], dq)
     else:
         dq_base = DQ + tl.cast(batch, tl.int64) * stride_dqb + tl.cast(q_head, tl.int64) * stride_dqh
-        store_rows(dq_base, start_m, offs_m, offs_d, stride_dqm, stride_dqd, q_len, dq.to(DQ.dtype.element_ty), HEAD_DIM)
+        store_rows(dq_base, start_m, offs_m, offs_d, stride_dqm, stride_dqd, 0, q_len, dq.to(DQ.dtype.element_ty), HEAD_DIM)
 
 
 @dataclass(frozen=True)

@@ -43,13 +43,15 @@ def new_output(shape, dtype, device) -> torch.Tensor:
 _side_streams: dict = {}
 
 
-def side_stream(device: torch.device) -> torch.cuda.Stream:
-    """A second CUDA stream for ``device``, made once (making one costs ~10 us), for launches that
-    run beside the caller's stream (``backward.BACKWARD_OVERLAP``, ``full_rows.FULL_ROWS_OVERLAP``)."""
+def side_stream(device: torch.device, priority: int = 0) -> torch.cuda.Stream:
+    """A second CUDA stream for ``device`` (``priority``: 0 default, negative higher), made once
+    (making one costs ~10 us), for launches that run beside the caller's stream
+    (``backward.BACKWARD_OVERLAP``, ``full_rows.FULL_ROWS_OVERLAP``)."""
     index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _side_streams:
-        _side_streams[index] = torch.cuda.Stream(device=index)
-    return _side_streams[index]
+    key = (index, priority)
+    if key not in _side_streams:
+        _side_streams[key] = torch.cuda.Stream(device=index, priority=priority)
+    return _side_streams[key]
 
 
 def on_device_of(tensor: torch.Tensor):
@@ -630,14 +632,17 @@ def store_rows(
     offs_d,
     stride_row,
     stride_d,
-    n_rows,
+    row_begin,
+    row_end,
     tile,
     HEAD_DIM: tl.constexpr,
 ):
-    """Write a [ROWS, HEAD_DIM_PADDED] tile to rows ``first_row + offs_rows``, inside bounds only."""
+    """Write a [ROWS, HEAD_DIM_PADDED] tile to rows ``first_row + offs_rows``, only those in
+    [row_begin, row_end) (row_begin > 0: rows another launch writes, full_rows.py)."""
     row_base = base + tl.cast(first_row, tl.int64) * stride_row
     ptrs = row_base + offs_rows[:, None] * stride_row + offs_d[None, :] * stride_d
-    in_bounds = ((first_row + offs_rows)[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM)
+    rows = first_row + offs_rows
+    in_bounds = ((rows >= row_begin) & (rows < row_end))[:, None] & (offs_d[None, :] < HEAD_DIM)
     tl.store(ptrs, tile, mask=in_bounds)
 
 

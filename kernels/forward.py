@@ -171,7 +171,8 @@ def _attention_forward_kernel(
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_om, stride_od,
-    n_q_heads, n_batch_heads, q_len, kv_len, qk_scale,
+    stride_lb, stride_lh,
+    n_q_heads, n_batch_heads, q_len, kv_len, qk_scale, first_stored_row,
     GROUP_SIZE: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     HEAD_DIM_PADDED: tl.constexpr,
@@ -206,7 +207,7 @@ def _attention_forward_kernel(
     k_base = tile_source(K, batch, kv_head, stride_kb, stride_kh, stride_kn, kv_len, BLOCK_N, HEAD_DIM, USE_TMA)
     v_base = tile_source(V, batch, kv_head, stride_vb, stride_vh, stride_vn, kv_len, BLOCK_N, HEAD_DIM, USE_TMA)
     o_base = Out + tl.cast(batch, tl.int64) * stride_ob + tl.cast(q_head, tl.int64) * stride_oh
-    lse_base = Lse + tl.cast(batch_head, tl.int64) * q_len
+    lse_base = Lse + tl.cast(batch, tl.int64) * stride_lb + tl.cast(q_head, tl.int64) * stride_lh
 
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -356,8 +357,10 @@ def _attention_forward_kernel(
         tl.store(part_base + offs_m[:, None] * HEAD_DIM_PADDED + offs_d[None, :], out)
         tl.store(scratch_rows(LsePart, slot, batch_head, n_batch_heads, row_in_block, MASK_BLOCK_M, 1) + offs_m, lse)
     else:
-        store_rows(o_base, start_m, offs_m, offs_d, stride_om, stride_od, q_len, out.to(Out.dtype.element_ty), HEAD_DIM)
-        tl.store(lse_base + start_m + offs_m, lse, mask=(start_m + offs_m) < q_len)
+        # Rows below first_stored_row are another launch's (the all-key rows, full_rows.py).
+        store_rows(o_base, start_m, offs_m, offs_d, stride_om, stride_od, first_stored_row, q_len, out.to(Out.dtype.element_ty), HEAD_DIM)
+        rows = start_m + offs_m
+        tl.store(lse_base + rows, lse, mask=(rows >= first_stored_row) & (rows < q_len))
 
 
 def attention_forward(
@@ -371,12 +374,15 @@ def attention_forward(
     config: ForwardConfig | None = None,
     out: torch.Tensor | None = None,
     lse: torch.Tensor | None = None,
+    first_stored_row: int = 0,
 ):
     """Launch the forward kernel. Returns ``(out, lse)``: out like ``q``, lse float32 (B, Hq, Lq).
 
     ``q`` (B, Hq, Lq, D), ``k``/``v`` (B, Hkv, Lk, D) with any strides; ``mask`` a BlockMask for
     (Lq, Lk) on q's device. Inputs are assumed checked (``sparseflash.attention`` does that).
-    ``config`` overrides the kernel tiles and launch settings; ``out``/``lse`` may be given to write into.
+    ``config`` overrides the kernel tiles and launch settings; ``out``/``lse`` may be given to write
+    into (``lse`` with rows of unit stride, a view of a larger one allowed). Rows below
+    ``first_stored_row`` are computed but not written (another launch writes them).
     """
     if scale <= 0:
         # The kernel scales row maxima, which needs scale > 0; scale * q.k is the same as
@@ -403,47 +409,61 @@ def attention_forward(
     with on_device_of(q):
         _attention_forward_kernel[launch.grid](
             q, k_tiles, v_tiles, k, v, out, lse, out_part, lse_part, *launch.lists,
-            *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-            n_q_heads, batch * n_q_heads, q_len, kv_len, scale * LOG2E,
+            *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride()[:2],
+            n_q_heads, batch * n_q_heads, q_len, kv_len, scale * LOG2E, first_stored_row,
             **launch.constants,
         )  # fmt: skip
         if plan is not None:
-            merge_softmax(plan, out_part, lse_part, out, lse, mask.block_m)
+            merge_softmax(plan, out_part, lse_part, out, lse, mask.block_m, first_stored_row)
     return out, lse
 
 
 def _forward_full_rows_apart(q, k, v, apart: FullRows, scale: float, allow_tf32: bool, out, lse):
     """The forward of a mask whose first ``apart.n_rows`` queries allow every key (full_rows.py):
-    the rest of the pattern for all rows, then those rows over all keys written over theirs."""
+    the rest of the pattern for the other rows, and those rows over all keys, each launch writing
+    its own rows of ``out`` and ``lse``, so the two can run side by side."""
     batch, n_q_heads, q_len, _ = q.shape
     n_rows = apart.n_rows
     if out is None:
         out = new_output(q.shape, q.dtype, q.device)
     if lse is None:
         lse = new_output((batch, n_q_heads, q_len), torch.float32, q.device)
-    # Allocated on the caller's stream, which reads them last: safe to free there.
-    rows_out = new_output((batch, n_q_heads, n_rows, q.shape[3]), q.dtype, q.device)
-    rows_lse = new_output((batch, n_q_heads, n_rows), torch.float32, q.device)
     rows_config = full_rows_config(head_dim_padded(q.shape[3]), q.dtype, apart.rows)
+    in_place = full_rows_module.FULL_ROWS_IN_PLACE
+    if in_place:
+        rows_out, rows_lse = out[:, :, :n_rows], lse[:, :, :n_rows]
+    else:
+        # Allocated on the caller's stream, which reads them last: safe to free there.
+        rows_out = new_output((batch, n_q_heads, n_rows, q.shape[3]), q.dtype, q.device)
+        rows_lse = new_output((batch, n_q_heads, n_rows), torch.float32, q.device)
 
     def rows_pass():
         attention_forward(q[:, :, :n_rows], k, v, apart.rows, scale, allow_tf32=allow_tf32, config=rows_config, out=rows_out, lse=rows_lse)
+
+    def rest_pass():
+        attention_forward(q, k, v, apart.rest, scale, allow_tf32=allow_tf32, out=out, lse=lse, first_stored_row=n_rows if in_place else 0)
 
     # The rest first: the GPU is busy with it while the host launches the rows' small kernels.
     if full_rows_module.FULL_ROWS_OVERLAP and q.is_cuda:
         with on_device_of(q):
             main = torch.cuda.current_stream(q.device)
-            side = side_stream(q.device)
+            side = side_stream(q.device, full_rows_module.FULL_ROWS_PRIORITY)
             side.wait_stream(main)
-            attention_forward(q, k, v, apart.rest, scale, allow_tf32=allow_tf32, out=out, lse=lse)
-            with torch.cuda.stream(side):
-                rows_pass()
+            if full_rows_module.FULL_ROWS_FIRST:
+                with torch.cuda.stream(side):
+                    rows_pass()
+                rest_pass()
+            else:
+                rest_pass()
+                with torch.cuda.stream(side):
+                    rows_pass()
             main.wait_stream(side)
     else:
-        attention_forward(q, k, v, apart.rest, scale, allow_tf32=allow_tf32, out=out, lse=lse)
+        rest_pass()
         rows_pass()
-    out[:, :, :n_rows].copy_(rows_out)
-    lse[:, :, :n_rows].copy_(rows_lse)
+    if not in_place:
+        out[:, :, :n_rows].copy_(rows_out)
+        lse[:, :, :n_rows].copy_(rows_lse)
     return out, lse
 
 

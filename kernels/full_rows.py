@@ -42,6 +42,12 @@ FULL_ROWS_CONFIG = ForwardConfig(16, 64, num_warps=4, num_stages=3, split_blocks
 # Whether the all-key rows run on a second stream beside the rest (they read memory; the rest is
 # bound by latency and arithmetic).
 FULL_ROWS_OVERLAP = True
+# Whether the rows' launch writes straight into out/lse while the rest's skips those rows (True),
+# or writes buffers copied over the rest's rows after both (False).
+FULL_ROWS_IN_PLACE = True
+# The side stream's priority (0 default, -1 high) and whether the rows are launched first.
+FULL_ROWS_PRIORITY = 0
+FULL_ROWS_FIRST = False
 
 
 @dataclass(frozen=True)

@@ -269,13 +269,15 @@ def _merge_softmax_kernel(
     OutPart, LsePart, Out, Lse,
     merge_offsets, merge_lines,
     stride_ob, stride_oh, stride_om, stride_od,
-    n_heads, n_batch_heads, q_len,
+    stride_lb, stride_lh,
+    n_heads, n_batch_heads, q_len, first_stored_row,
     HEAD_DIM: tl.constexpr,
     HEAD_DIM_PADDED: tl.constexpr,
     MASK_BLOCK: tl.constexpr,
     ROWS: tl.constexpr,
 ):  # fmt: skip
-    """Forward merge: one program per (ROWS rows of a split line, batch*head)."""
+    """Forward merge: one program per (ROWS rows of a split line, batch*head). Rows below
+    ``first_stored_row`` are left alone (another launch writes them: full_rows.py)."""
     line, row_in_block, batch_head, slot_begin, slot_end = _merge_program(merge_offsets, merge_lines, MASK_BLOCK, ROWS)
     offs_m = tl.arange(0, ROWS)
     offs_d = tl.arange(0, HEAD_DIM_PADDED)
@@ -301,9 +303,11 @@ def _merge_softmax_kernel(
     lse = tl.where(has_key, m_safe + tl.log(safe_sum), float("-inf"))
 
     first_row = line * MASK_BLOCK + row_in_block
-    o_base = Out + tl.cast(batch_head // n_heads, tl.int64) * stride_ob + tl.cast(batch_head % n_heads, tl.int64) * stride_oh
-    store_rows(o_base, first_row, offs_m, offs_d, stride_om, stride_od, q_len, out.to(Out.dtype.element_ty), HEAD_DIM)
-    tl.store(Lse + tl.cast(batch_head, tl.int64) * q_len + first_row + offs_m, lse, mask=(first_row + offs_m) < q_len)
+    batch = tl.cast(batch_head // n_heads, tl.int64)
+    head = tl.cast(batch_head % n_heads, tl.int64)
+    store_rows(Out + batch * stride_ob + head * stride_oh, first_row, offs_m, offs_d, stride_om, stride_od, first_stored_row, q_len, out.to(Out.dtype.element_ty), HEAD_DIM)
+    rows = first_row + offs_m
+    tl.store(Lse + batch * stride_lb + head * stride_lh + rows, lse, mask=(rows >= first_stored_row) & (rows < q_len))
 
 
 @triton.jit
@@ -328,7 +332,7 @@ def _merge_sum_kernel(
 
     first_row = line * MASK_BLOCK + row_in_block
     o_base = Out + tl.cast(batch_head // n_heads, tl.int64) * stride_ob + tl.cast(batch_head % n_heads, tl.int64) * stride_oh
-    store_rows(o_base, first_row, offs_m, offs_d, stride_om, stride_od, length, acc.to(Out.dtype.element_ty), HEAD_DIM)
+    store_rows(o_base, first_row, offs_m, offs_d, stride_om, stride_od, 0, length, acc.to(Out.dtype.element_ty), HEAD_DIM)
 
 
 # ------------------------------------------------------------------------------------- launchers
@@ -344,13 +348,14 @@ def _merge_grid(plan: SplitPlan, mask_block: int, n_batch_heads: int):
     return rows, (plan.n_split_lines * (mask_block // rows), n_batch_heads)
 
 
-def merge_softmax(plan: SplitPlan, out_part, lse_part, out, lse, mask_block: int):
-    """Write the split rows of ``out`` (B, H, Lq, D) and ``lse`` (B, H, Lq) from the slots."""
+def merge_softmax(plan: SplitPlan, out_part, lse_part, out, lse, mask_block: int, first_stored_row: int = 0):
+    """Write the split rows of ``out`` (B, H, Lq, D) and ``lse`` (B, H, Lq; rows of unit stride)
+    from the slots, from ``first_stored_row`` on."""
     batch, n_heads, q_len, head_dim = out.shape
     rows, grid = _merge_grid(plan, mask_block, batch * n_heads)
     _merge_softmax_kernel[grid](
         out_part, lse_part, out, lse, plan.merge_offsets, plan.merge_lines,
-        *out.stride(), n_heads, batch * n_heads, q_len,
+        *out.stride(), *lse.stride()[:2], n_heads, batch * n_heads, q_len, first_stored_row,
         HEAD_DIM=head_dim, HEAD_DIM_PADDED=out_part.shape[-1], MASK_BLOCK=mask_block, ROWS=rows,
     )  # fmt: skip
 

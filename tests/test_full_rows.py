@@ -89,6 +89,39 @@ def test_full_rows_apart_match_the_oracle(pattern, q_len, kv_len, n_rows, dtype,
         check_close(name, g, s, o, dtype)
 
 
+# The split's two launches write disjoint rows of the same out/lse, which lets them run side by
+# side: the rest's leaves the rows below first_stored_row alone, the rows' writes into views of
+# out and lse. At 16-blocks global(9) makes a long row; with items of 2 blocks both the rows' and
+# (at 3 rows) the rest's first row block go through the split merge, whose stores are bounded too.
+@pytest.mark.parametrize("split_blocks", [None, 2], ids=["whole rows", "items"])
+def test_launches_write_only_their_rows(split_blocks):
+    from sparseflash.kernels import forward
+    from sparseflash.kernels.common import ForwardConfig
+
+    q_len, kv_len, n_rows = 70, 90, 3
+    mask = sparseflash.compile_mask("local(9) + global(9)", q_len, kv_len, block_m=16, block_n=16)
+    gen = torch.Generator().manual_seed(7)
+    q = torch.randn(1, 2, q_len, 16, generator=gen, dtype=torch.float16)
+    k, v = (torch.randn(1, 2, kv_len, 16, generator=gen, dtype=torch.float16) for _ in range(2))
+    config = ForwardConfig(16, 16, num_warps=4, num_stages=1, split_blocks=split_blocks)
+    whole_out, whole_lse = forward.attention_forward(q, k, v, mask, 0.25, config=config)
+
+    out = torch.full_like(q, 7.0)
+    lse = torch.full((1, 2, q_len), 7.0)
+    forward.attention_forward(q, k, v, mask, 0.25, config=config, out=out, lse=lse, first_stored_row=n_rows)
+    assert (out[:, :, :n_rows] == 7).all() and (lse[:, :, :n_rows] == 7).all()
+    assert torch.equal(out[:, :, n_rows:], whole_out[:, :, n_rows:]) and torch.equal(lse[:, :, n_rows:], whole_lse[:, :, n_rows:])
+
+    # Into views of the first rows (lse rows strided by q_len): nothing else is touched.
+    out_view, lse_view = out[:, :, :n_rows], lse[:, :, :n_rows]
+    forward.attention_forward(q[:, :, :n_rows], k, v, sparseflash.compile_mask("dense", n_rows, kv_len), 0.25, out=out_view, lse=lse_view)
+    allowed = torch.ones(n_rows, kv_len, dtype=torch.bool)
+    same, expected = (reference_attention(q[:, :, :n_rows], k, v, allowed, 0.25, compute_dtype=d) for d in (torch.float16, torch.float64))
+    check_close("out", out_view, same[0], expected[0], torch.float16)
+    check_close("lse", lse_view, same[1], expected[1], torch.float16)
+    assert torch.equal(out[:, :, n_rows:], whole_out[:, :, n_rows:]) and torch.equal(lse[:, :, n_rows:], whole_lse[:, :, n_rows:])
+
+
 def test_small_launches_keep_the_whole_mask():
     """The rows' extra launches cost host time that a small launch cannot hide (MIN_APART_BLOCKS)."""
     mask = sparseflash.compile_mask("local(256)+global(4)", 32768)
