@@ -429,41 +429,29 @@ def _forward_full_rows_apart(q, k, v, apart: FullRows, scale: float, allow_tf32:
     if lse is None:
         lse = new_output((batch, n_q_heads, q_len), torch.float32, q.device)
     rows_config = full_rows_config(head_dim_padded(q.shape[3]), q.dtype, apart.rows)
-    in_place = full_rows_module.FULL_ROWS_IN_PLACE
-    if in_place:
-        rows_out, rows_lse = out[:, :, :n_rows], lse[:, :, :n_rows]
-    else:
-        # Allocated on the caller's stream, which reads them last: safe to free there.
-        rows_out = new_output((batch, n_q_heads, n_rows, q.shape[3]), q.dtype, q.device)
-        rows_lse = new_output((batch, n_q_heads, n_rows), torch.float32, q.device)
 
     def rows_pass():
-        attention_forward(q[:, :, :n_rows], k, v, apart.rows, scale, allow_tf32=allow_tf32, config=rows_config, out=rows_out, lse=rows_lse)
+        attention_forward(
+            q[:, :, :n_rows], k, v, apart.rows, scale, allow_tf32=allow_tf32, config=rows_config, out=out[:, :, :n_rows], lse=lse[:, :, :n_rows]
+        )
 
     def rest_pass():
-        attention_forward(q, k, v, apart.rest, scale, allow_tf32=allow_tf32, out=out, lse=lse, first_stored_row=n_rows if in_place else 0)
+        attention_forward(q, k, v, apart.rest, scale, allow_tf32=allow_tf32, out=out, lse=lse, first_stored_row=n_rows)
 
-    # The rest first: the GPU is busy with it while the host launches the rows' small kernels.
     if full_rows_module.FULL_ROWS_OVERLAP and q.is_cuda:
+        # The rest first, so the GPU is busy while the host launches the rows' two kernels; those
+        # go on a stream of higher priority, whose programs the GPU starts ahead of the rest's.
         with on_device_of(q):
             main = torch.cuda.current_stream(q.device)
             side = side_stream(q.device, full_rows_module.FULL_ROWS_PRIORITY)
             side.wait_stream(main)
-            if full_rows_module.FULL_ROWS_FIRST:
-                with torch.cuda.stream(side):
-                    rows_pass()
-                rest_pass()
-            else:
-                rest_pass()
-                with torch.cuda.stream(side):
-                    rows_pass()
+            rest_pass()
+            with torch.cuda.stream(side):
+                rows_pass()
             main.wait_stream(side)
     else:
         rest_pass()
         rows_pass()
-    if not in_place:
-        out[:, :, :n_rows].copy_(rows_out)
-        lse[:, :, :n_rows].copy_(rows_lse)
     return out, lse
 
 

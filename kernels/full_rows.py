@@ -8,8 +8,11 @@ other query ``global(t)`` is ``sink(t)``, ``pattern.split_full_rows``) has only 
 takes the two-programs-per-SM tile, and the 4 rows become a small dense attention over all keys
 in 16-row tiles, split across the multiprocessors (``split.py``).
 
-    forward:  out, lse = rest-of-pattern attention for every row   (rows < n: overwritten)
+    forward:  out[:, :, n:], lse[:, :, n:] = rest-of-pattern attention   (rows < n computed, not stored)
               out[:, :, :n], lse[:, :, :n] = attention of q[:, :, :n] over all keys
+
+The two forward launches write disjoint rows, so they run side by side, the rows on a stream of
+high priority (FULL_ROWS_PRIORITY).
 
 The backward reads only ``out`` and ``lse``, which are the same. Its dK/dV keeps the whole mask
 (each column program takes the rows in one narrow step); its dQ is split the same way
@@ -42,12 +45,12 @@ FULL_ROWS_CONFIG = ForwardConfig(16, 64, num_warps=4, num_stages=3, split_blocks
 # Whether the all-key rows run on a second stream beside the rest (they read memory; the rest is
 # bound by latency and arithmetic).
 FULL_ROWS_OVERLAP = True
-# Whether the rows' launch writes straight into out/lse while the rest's skips those rows (True),
-# or writes buffers copied over the rest's rows after both (False).
-FULL_ROWS_IN_PLACE = True
-# The side stream's priority (0 default, -1 high) and whether the rows are launched first.
-FULL_ROWS_PRIORITY = 0
-FULL_ROWS_FIRST = False
+# The side stream's priority for the rows (0 default; lower is higher). At the default the GPU may
+# start the rows' programs only when the rest's grid has drained, and they finish after it; at high
+# priority they go first and finish beside it. H200, local(256)+global(4), GPU time with every
+# launch queued (benchmarks/experiments/full_rows_streams.py, results/full_rows_streams.json):
+# 32k 0.628-0.632 -> 0.604-0.606 ms, 128k 2.467-2.471 -> 2.367-2.370, 32k D=64 0.750-0.757 -> 0.725.
+FULL_ROWS_PRIORITY = -1
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,8 @@ def _build(mask: BlockMask) -> FullRows | None:
 # the whole mask either way: its column programs take those rows in one narrow step each.
 FULL_ROWS_APART_BACKWARD = True
 # The rows' dQ launch: 16-row tiles over 64-key steps, items of 8 mask blocks, as in the forward.
+# The rows' dQ stream priority (see FULL_ROWS_PRIORITY).
+FULL_ROWS_BACKWARD_PRIORITY = 0
 FULL_ROWS_BACKWARD_CONFIG = BackwardConfig(16, 64, 16, 64, num_warps=4, num_stages=3, split_blocks=8)
 
 

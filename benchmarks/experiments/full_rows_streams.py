@@ -1,17 +1,20 @@
-"""How the split forward's two launches share the GPU (``kernels/full_rows.py``): the rows' output
-copied over the rest's after both (the thirteenth session's code) against written in place while
-the rest skips those rows, the side stream's priority, and which launch goes first.
+"""How the split forward's two launches share the GPU (``kernels/full_rows.py``), and the rows'
+dQ in the backward: the side stream's priority.
 
-Why: at 32k the split takes 0.63 ms against 0.533 for the rest alone (``local(256)+sink(4)``,
-twelfth session); the target needs 0.618. The copies are two launches of host time and two small
-kernels after the join; in place, the rows' merge writes ``out`` and ``lse`` itself and can finish
-beside the rest.
+Why: at 32k the split took 0.63 ms against 0.533 for the rest alone (``local(256)+sink(4)``,
+twelfth session); the target needs 0.618. The first run (``results/full_rows_streams_1.json``,
+the code of commit a6107b7) measured five forward variants: the rows' output copied over the
+rest's after both (the thirteenth session's code) or written in place while the rest skips those
+rows (kept), at default or high priority, launched before or after the rest. Its kernel timelines
+showed the rows' programs starting only when the rest's grid drained; high priority starts them
+first and took 0.63 -> 0.605 ms. This script now compares the two priorities that remain a switch,
+for the forward (FULL_ROWS_PRIORITY) and for the rows' dQ (FULL_ROWS_BACKWARD_PRIORITY).
 
-Each variant is timed three ways: GPU time with every launch queued behind a 2 ms sleep (so the
+Each variant is timed three ways: GPU time with every launch queued behind a 4 ms sleep (so the
 host cannot delay any of them; L2 flushed first, as ``do_bench`` does), ``do_bench`` through
-``attention()``, and host microseconds per call. Outputs are compared bit for bit with the copy
-variant's (the same kernels, so a race would show). Then one queued call's kernel timeline per
-variant (torch.profiler): start and length of each kernel, by stream.
+``attention()``, and host microseconds per call. Outputs (and gradients) are compared bit for bit
+with the first variant's (the same kernels, so a race would show). Then one queued forward's
+kernel timeline per variant (torch.profiler): start and length of each kernel, by stream.
 
     python benchmarks/experiments/full_rows_streams.py     # on a GPU; writes results/full_rows_streams.json
 """
@@ -34,16 +37,10 @@ from results_file import save_results  # noqa: E402
 from sparseflash.kernels import full_rows  # noqa: E402
 
 CASES = [("local(256)+global(4)", 32768, 16, 128), ("local(256)+global(4)", 131072, 16, 128), ("local(256)+global(4)", 32768, 32, 64)]
-# name: (FULL_ROWS_IN_PLACE, FULL_ROWS_PRIORITY, FULL_ROWS_FIRST)
-VARIANTS = {
-    "copies": (False, 0, False),
-    "in place": (True, 0, False),
-    "in place, high priority": (True, -1, False),
-    "in place, rows first": (True, 0, True),
-    "in place, rows first, high priority": (True, -1, True),
-}
+# name: (FULL_ROWS_PRIORITY, FULL_ROWS_BACKWARD_PRIORITY)
+VARIANTS = {"default priority": (0, 0), "high priority forward": (-1, 0), "high priority both": (-1, -1)}
 _FLUSH = None
-_SLEEP_CYCLES = 4_000_000  # ~2 ms: longer than any variant's host time
+_SLEEP_CYCLES = 8_000_000  # ~4 ms: longer than any variant's host time
 
 
 def queued_ms(fn, calls: int = 30) -> float:
@@ -82,33 +79,41 @@ def timeline(fn) -> list[str]:
     return [f"stream {e['args'].get('stream', e.get('tid'))}  +{e['ts'] - first:7.1f}  {e['dur']:7.1f} us  {e['name'][:70]}" for e in kernels]
 
 
-def set_variant(in_place: bool, priority: int, first: bool) -> None:
-    full_rows.FULL_ROWS_IN_PLACE, full_rows.FULL_ROWS_PRIORITY, full_rows.FULL_ROWS_FIRST = in_place, priority, first
+def set_variant(forward_priority: int, backward_priority: int) -> None:
+    full_rows.FULL_ROWS_PRIORITY, full_rows.FULL_ROWS_BACKWARD_PRIORITY = forward_priority, backward_priority
 
 
 def main() -> None:
-    defaults = (full_rows.FULL_ROWS_IN_PLACE, full_rows.FULL_ROWS_PRIORITY, full_rows.FULL_ROWS_FIRST)
+    defaults = (full_rows.FULL_ROWS_PRIORITY, full_rows.FULL_ROWS_BACKWARD_PRIORITY)
     rows, timelines = [], {}
     try:
         for pattern_text, n, heads, head_dim in CASES:
-            q, k, v = (torch.randn(1, heads, n, head_dim, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+            q, k, v, dout = (torch.randn(1, heads, n, head_dim, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+            leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
             pattern = sparseflash.parse(pattern_text)
-            call = lambda: sparseflash.attention(q, k, v, pattern)  # noqa: E731
+            forward = lambda: sparseflash.attention(q, k, v, pattern)  # noqa: E731
+
+            def forward_backward():
+                return (*torch.autograd.grad(sparseflash.attention(*leaves, pattern), leaves, dout),)
+
             rest = sparseflash.parse("local(256)+sink(4)")
             rest_ms = queued_ms(lambda: sparseflash.attention(q, k, v, rest))
             print(f"{pattern_text} {n // 1024}k H{heads} D{head_dim}: the rest alone {rest_ms:.3f} ms queued", flush=True)
-            set_variant(*VARIANTS["copies"])
-            reference = call()
+            set_variant(*next(iter(VARIANTS.values())))
+            reference = (forward(), forward_backward())
             for round_ in range(2):
                 for name, settings in VARIANTS.items():
                     set_variant(*settings)
-                    same = all(torch.equal(call(), reference) for _ in range(5))
-                    row = dict(pattern=pattern_text, n=n, heads=heads, head_dim=head_dim, variant=name, round=round_, rest_alone_ms=rest_ms,
-                               queued_ms=queued_ms(call), do_bench_ms=median_ms(call), host_us=host_us(call), bitwise_same=same)  # fmt: skip
+                    same = all(torch.equal(forward(), reference[0]) for _ in range(3))
+                    same = same and all(all(map(torch.equal, forward_backward(), reference[1])) for _ in range(3))
+                    row = dict(pattern=pattern_text, n=n, heads=heads, head_dim=head_dim, variant=name, round=round_, rest_alone_ms=rest_ms, bitwise_same=same)
+                    for mode, fn in (("fwd", forward), ("fwdbwd", forward_backward)):
+                        row[mode] = dict(queued_ms=queued_ms(fn), do_bench_ms=median_ms(fn), host_us=host_us(fn))
                     rows.append(row)
-                    print(f"  {name:38s} queued {row['queued_ms']:.3f} ms  do_bench {row['do_bench_ms']:.3f} ms  host {row['host_us']:.0f} us  same {same}", flush=True)
+                    cells = "  ".join(f"{mode}: queued {row[mode]['queued_ms']:.3f} do_bench {row[mode]['do_bench_ms']:.3f} ms host {row[mode]['host_us']:.0f} us" for mode in ("fwd", "fwdbwd"))
+                    print(f"  {name:24s} {cells}  same {same}", flush=True)
                     if round_ == 0 and n == 32768 and head_dim == 128:
-                        timelines[name] = timeline(call)
+                        timelines[name] = timeline(forward)
         for name, lines in timelines.items():
             print(f"== {name}\n" + "\n".join(lines))
     finally:
