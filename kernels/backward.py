@@ -773,7 +773,7 @@ def _dq_rows_apart(apart: FullRows, q, k, v, dout, out, lse, dlse, allow_tf32: b
         rows_pass()
         return _RowsDq(dq_rows, None)
     main = torch.cuda.current_stream(q.device)
-    side = side_stream(q.device, full_rows_module.FULL_ROWS_BACKWARD_PRIORITY)
+    side = side_stream(q.device, full_rows_module.FULL_ROWS_PRIORITY)
     side.wait_stream(main)
     with torch.cuda.stream(side):
         rows_pass()

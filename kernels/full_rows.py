@@ -50,6 +50,8 @@ FULL_ROWS_OVERLAP = True
 # priority they go first and finish beside it. H200, local(256)+global(4), GPU time with every
 # launch queued (benchmarks/experiments/full_rows_streams.py, results/full_rows_streams.json):
 # 32k 0.628-0.632 -> 0.604-0.606 ms, 128k 2.467-2.471 -> 2.367-2.370, 32k D=64 0.750-0.757 -> 0.725.
+# The rows' dQ (backward) takes the same stream: forward+backward level at 32k, 128k 8.85 -> 8.83 ms
+# (results/full_rows_streams.json).
 FULL_ROWS_PRIORITY = -1
 
 
@@ -120,8 +122,6 @@ def _build(mask: BlockMask) -> FullRows | None:
 # the whole mask either way: its column programs take those rows in one narrow step each.
 FULL_ROWS_APART_BACKWARD = True
 # The rows' dQ launch: 16-row tiles over 64-key steps, items of 8 mask blocks, as in the forward.
-# The rows' dQ stream priority (see FULL_ROWS_PRIORITY).
-FULL_ROWS_BACKWARD_PRIORITY = 0
 FULL_ROWS_BACKWARD_CONFIG = BackwardConfig(16, 64, 16, 64, num_warps=4, num_stages=3, split_blocks=8)
 
 

@@ -7,8 +7,9 @@ the code of commit a6107b7) measured five forward variants: the rows' output cop
 rest's after both (the thirteenth session's code) or written in place while the rest skips those
 rows (kept), at default or high priority, launched before or after the rest. Its kernel timelines
 showed the rows' programs starting only when the rest's grid drained; high priority starts them
-first and took 0.63 -> 0.605 ms. This script now compares the two priorities that remain a switch,
-for the forward (FULL_ROWS_PRIORITY) and for the rows' dQ (FULL_ROWS_BACKWARD_PRIORITY).
+first and took 0.63 -> 0.605 ms. The second run (``results/full_rows_streams.json``, commit babcc05)
+compared the priority for the forward and for the rows' dQ apart; both now take FULL_ROWS_PRIORITY,
+which this script sets: default (0) against high (-1).
 
 Each variant is timed three ways: GPU time with every launch queued behind a 4 ms sleep (so the
 host cannot delay any of them; L2 flushed first, as ``do_bench`` does), ``do_bench`` through
@@ -37,8 +38,8 @@ from results_file import save_results  # noqa: E402
 from sparseflash.kernels import full_rows  # noqa: E402
 
 CASES = [("local(256)+global(4)", 32768, 16, 128), ("local(256)+global(4)", 131072, 16, 128), ("local(256)+global(4)", 32768, 32, 64)]
-# name: (FULL_ROWS_PRIORITY, FULL_ROWS_BACKWARD_PRIORITY)
-VARIANTS = {"default priority": (0, 0), "high priority forward": (-1, 0), "high priority both": (-1, -1)}
+# name: FULL_ROWS_PRIORITY
+VARIANTS = {"default priority": 0, "high priority": -1}
 _FLUSH = None
 _SLEEP_CYCLES = 8_000_000  # ~4 ms: longer than any variant's host time
 
@@ -79,12 +80,12 @@ def timeline(fn) -> list[str]:
     return [f"stream {e['args'].get('stream', e.get('tid'))}  +{e['ts'] - first:7.1f}  {e['dur']:7.1f} us  {e['name'][:70]}" for e in kernels]
 
 
-def set_variant(forward_priority: int, backward_priority: int) -> None:
-    full_rows.FULL_ROWS_PRIORITY, full_rows.FULL_ROWS_BACKWARD_PRIORITY = forward_priority, backward_priority
+def set_variant(priority: int) -> None:
+    full_rows.FULL_ROWS_PRIORITY = priority
 
 
 def main() -> None:
-    defaults = (full_rows.FULL_ROWS_PRIORITY, full_rows.FULL_ROWS_BACKWARD_PRIORITY)
+    default = full_rows.FULL_ROWS_PRIORITY
     rows, timelines = [], {}
     try:
         for pattern_text, n, heads, head_dim in CASES:
@@ -99,11 +100,11 @@ def main() -> None:
             rest = sparseflash.parse("local(256)+sink(4)")
             rest_ms = queued_ms(lambda: sparseflash.attention(q, k, v, rest))
             print(f"{pattern_text} {n // 1024}k H{heads} D{head_dim}: the rest alone {rest_ms:.3f} ms queued", flush=True)
-            set_variant(*next(iter(VARIANTS.values())))
+            set_variant(next(iter(VARIANTS.values())))
             reference = (forward(), forward_backward())
             for round_ in range(2):
                 for name, settings in VARIANTS.items():
-                    set_variant(*settings)
+                    set_variant(settings)
                     same = all(torch.equal(forward(), reference[0]) for _ in range(3))
                     same = same and all(all(map(torch.equal, forward_backward(), reference[1])) for _ in range(3))
                     row = dict(pattern=pattern_text, n=n, heads=heads, head_dim=head_dim, variant=name, round=round_, rest_alone_ms=rest_ms, bitwise_same=same)
@@ -117,7 +118,7 @@ def main() -> None:
         for name, lines in timelines.items():
             print(f"== {name}\n" + "\n".join(lines))
     finally:
-        set_variant(*defaults)
+        set_variant(default)
     save_results("full_rows_streams", {"rows": rows, "timelines_32k": timelines})
 
 
