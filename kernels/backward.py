@@ -432,7 +432,7 @@ def _attention_backward_dq_kernel(
     stride_dob, stride_doh, stride_dom, stride_dod,
     stride_dqb, stride_dqh, stride_dqm, stride_dqd,
     stride_ob, stride_oh, stride_om, stride_od,
-    n_q_heads, n_batch_heads, q_len, kv_len, qk_scale, scale,
+    n_q_heads, n_batch_heads, q_len, kv_len, qk_scale, scale, first_stored_row,
     GROUP_SIZE: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     HEAD_DIM_PADDED: tl.constexpr,
@@ -586,7 +586,8 @@ def _attention_backward_dq_kernel(
         tl.store(part_base + offs_m[:, None] * HEAD_DIM_PADDED + offs_d[None, :], dq)
     else:
         dq_base = DQ + tl.cast(batch, tl.int64) * stride_dqb + tl.cast(q_head, tl.int64) * stride_dqh
-        store_rows(dq_base, start_m, offs_m, offs_d, stride_dqm, stride_dqd, 0, q_len, dq.to(DQ.dtype.element_ty), HEAD_DIM)
+        # Rows below first_stored_row are another launch's (the all-key rows, full_rows.py).
+        store_rows(dq_base, start_m, offs_m, offs_d, stride_dqm, stride_dqd, first_stored_row, q_len, dq.to(DQ.dtype.element_ty), HEAD_DIM)
 
 
 @dataclass(frozen=True)
@@ -649,12 +650,14 @@ def attention_backward(
         _run_dkdv(launch.dkdv, q, k, v, dout, lse, delta, dk, dv, mask.block_n, launch.head_dim_padded, scales)
 
     def dq_pass():
-        _run_dq(dq_run, q, k, v, dout, out, lse, delta, dlse_pointer, dq, mask.block_m, launch.head_dim_padded, scales)
+        # With the all-key rows apart, their rows of dq are the side launch's (_dq_rows_apart).
+        first_stored_row = apart.n_rows if apart is not None else 0
+        _run_dq(dq_run, q, k, v, dout, out, lse, delta, dlse_pointer, dq, mask.block_m, launch.head_dim_padded, scales, first_stored_row)
 
     with on_device_of(q):
         rows = None
         if apart is not None:
-            rows = _dq_rows_apart(apart, q, k, v, dout, out, lse, dlse, allow_tf32, scales)
+            rows = _dq_rows_apart(apart, q, k, v, dout, out, lse, dlse, dq, allow_tf32, scales)
         if launch.delta_in_dq:
             dq_pass()
             dkdv_pass()
@@ -703,32 +706,31 @@ def _run_dkdv(run: LineLaunch, q, k, v, dout, lse, delta, dk, dv, mask_block_n: 
         **run.constants,
     )  # fmt: skip
     if run.plan is not None:
-        merge_sum(run.plan, dk_part, dk, mask_block_n)
-        merge_sum(run.plan, dv_part, dv, mask_block_n)
+        merge_sum(run.plan, (dk_part, dv_part), (dk, dv), mask_block_n)
 
 
-def _run_dq(run: LineLaunch, q, k, v, dout, out, lse, delta, dlse, dq, mask_block_m: int, padded: int, scales) -> None:
+def _run_dq(run: LineLaunch, q, k, v, dout, out, lse, delta, dlse, dq, mask_block_m: int, padded: int, scales, first_stored_row: int = 0) -> None:
     """Launch the dQ kernel and, for split rows, sum its partials into ``dq``. ``lse``, ``delta``
-    and ``dlse`` are contiguous (B, Hq, Lq); ``out`` is read only when the kernel computes delta."""
+    and ``dlse`` are contiguous (B, Hq, Lq); ``out`` is read only when the kernel computes delta.
+    dQ rows below ``first_stored_row`` are computed but not written (another launch writes them)."""
     batch, n_q_heads, q_len, _ = q.shape
     k_tiles, v_tiles = streamed_tiles(run.use_tma, run.streamed_rows, k, v)
     dq_part = dq if run.plan is None else new_scratch(run.plan, batch * n_q_heads, mask_block_m, padded, q.device)
     _attention_backward_dq_kernel[run.grid](
         q, k_tiles, v_tiles, dout, k, v, lse, delta, dq, dq_part, out, dlse, *run.lists,
         *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(), *out.stride(),
-        n_q_heads, batch * n_q_heads, q_len, k.shape[2], *scales,
+        n_q_heads, batch * n_q_heads, q_len, k.shape[2], *scales, first_stored_row,
         **run.constants,
     )  # fmt: skip
     if run.plan is not None:
-        merge_sum(run.plan, dq_part, dq, mask_block_m)
+        merge_sum(run.plan, (dq_part,), (dq,), mask_block_m, first_stored_row)
 
 
 @dataclass
 class _RowsDq:
-    """The all-key rows' dQ, launched on a side stream (or already done): ``finish`` joins it and
-    writes it over those rows of the whole dQ."""
+    """The all-key rows' dQ, launched on a side stream (or already done) into their rows of the
+    whole dQ: ``finish`` joins it."""
 
-    dq_rows: torch.Tensor  # (B, Hq, n_rows, D)
     side: torch.cuda.Stream | None
     # The side stream's other inputs, allocated on the caller's stream: held until the join, so
     # the allocator cannot hand their memory to the caller's stream while the rows read it.
@@ -737,21 +739,20 @@ class _RowsDq:
     def finish(self, dq: torch.Tensor) -> None:
         if self.side is not None:
             torch.cuda.current_stream(dq.device).wait_stream(self.side)
-        dq[:, :, : self.dq_rows.shape[2]].copy_(self.dq_rows)
         self.inputs = ()
 
 
-def _dq_rows_apart(apart: FullRows, q, k, v, dout, out, lse, dlse, allow_tf32: bool, scales) -> _RowsDq:
+def _dq_rows_apart(apart: FullRows, q, k, v, dout, out, lse, dlse, dq, allow_tf32: bool, scales) -> _RowsDq:
     """Start the dQ of the first ``apart.n_rows`` queries, which allow every key.
 
     The whole mask's dQ walks their block row, 256 blocks at 32k tokens under
     ``local(256)+global(4)`` where the others have ~6, in tiles of 64 rows for 4 wanted ones. Here
     it is a small dense dQ in 16-row tiles split over the multiprocessors (items of the rows'
     ``sink(Lk)`` mask, as in the forward), run on a side stream beside the rest of the backward,
-    which computes dQ over ``apart.rest`` (wrong only on these rows, overwritten by ``finish``) and
-    dK/dV over the whole mask. The rows compute their own delta, so nothing orders them after the
-    rest. Their lse, dlse and dQ are small copies: the kernel reads lse and delta at rows
-    ``batch_head * n_rows + row``."""
+    which computes dQ over ``apart.rest`` for the other rows (``first_stored_row``) and dK/dV over
+    the whole mask. The rows write their rows of ``dq`` and compute their own delta, so nothing
+    orders them after the rest. Their lse and dlse are small copies: the kernel reads lse and delta
+    at rows ``batch_head * n_rows + row``."""
     n_rows = apart.n_rows
     q_rows, dout_rows, out_rows = q[:, :, :n_rows], dout[:, :, :n_rows], out[:, :, :n_rows]
     padded = head_dim_padded(q.shape[3])
@@ -764,20 +765,19 @@ def _dq_rows_apart(apart: FullRows, q, k, v, dout, out, lse, dlse, allow_tf32: b
     lse_rows = lse[:, :, :n_rows].contiguous()
     dlse_rows = dlse[:, :, :n_rows].contiguous() if dlse is not None else lse_rows  # read only with HAS_DLSE
     delta_rows = torch.empty_like(lse_rows)
-    dq_rows = new_output(q_rows.shape, q.dtype, q.device)
 
     def rows_pass():
-        _run_dq(run, q_rows, k, v, dout_rows, out_rows, lse_rows, delta_rows, dlse_rows, dq_rows, apart.rows.block_m, padded, scales)
+        _run_dq(run, q_rows, k, v, dout_rows, out_rows, lse_rows, delta_rows, dlse_rows, dq[:, :, :n_rows], apart.rows.block_m, padded, scales)
 
     if not (full_rows_module.FULL_ROWS_OVERLAP and q.is_cuda):
         rows_pass()
-        return _RowsDq(dq_rows, None)
+        return _RowsDq(None)
     main = torch.cuda.current_stream(q.device)
     side = side_stream(q.device, full_rows_module.FULL_ROWS_PRIORITY)
     side.wait_stream(main)
     with torch.cuda.stream(side):
         rows_pass()
-    return _RowsDq(dq_rows, side, (lse_rows, dlse_rows, delta_rows))
+    return _RowsDq(side, (lse_rows, dlse_rows, delta_rows))
 
 
 def overlap_passes(device: torch.device) -> bool:

@@ -55,8 +55,9 @@ def side_stream(device: torch.device, priority: int = 0) -> torch.cuda.Stream:
 
 
 def on_device_of(tensor: torch.Tensor):
-    """Triton launches on the current CUDA device: make it the tensor's (inputs on cuda:1 work)."""
-    if tensor.is_cuda:
+    """Triton launches on the current CUDA device: make it the tensor's (inputs on cuda:1 work).
+    No context when it already is: entering one costs host time on every call."""
+    if tensor.is_cuda and tensor.device.index != torch.cuda.current_device():
         return torch.cuda.device(tensor.device)
     return contextlib.nullcontext()
 

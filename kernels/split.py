@@ -311,28 +311,47 @@ def _merge_softmax_kernel(
 
 
 @triton.jit
-def _merge_sum_kernel(
-    Part, Out,
-    merge_offsets, merge_lines,
+def _sum_slots(
+    Part, Out, line, row_in_block, batch_head, slot_begin, slot_end,
     stride_ob, stride_oh, stride_om, stride_od,
-    n_heads, n_batch_heads, length,
-    HEAD_DIM: tl.constexpr,
-    HEAD_DIM_PADDED: tl.constexpr,
-    MASK_BLOCK: tl.constexpr,
-    ROWS: tl.constexpr,
+    n_heads, n_batch_heads, length, first_stored_row,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_PADDED: tl.constexpr, MASK_BLOCK: tl.constexpr, ROWS: tl.constexpr,
 ):  # fmt: skip
-    """Backward merge: Out rows = the sum of the slots, one program per (ROWS rows, batch*head)."""
-    line, row_in_block, batch_head, slot_begin, slot_end = _merge_program(merge_offsets, merge_lines, MASK_BLOCK, ROWS)
     offs_m = tl.arange(0, ROWS)
     offs_d = tl.arange(0, HEAD_DIM_PADDED)
     acc = tl.zeros([ROWS, HEAD_DIM_PADDED], dtype=tl.float32)
     for slot in range(slot_begin, slot_end):
         ptrs = scratch_rows(Part, slot, batch_head, n_batch_heads, row_in_block, MASK_BLOCK, HEAD_DIM_PADDED)
         acc += tl.load(ptrs + offs_m[:, None] * HEAD_DIM_PADDED + offs_d[None, :])
-
     first_row = line * MASK_BLOCK + row_in_block
     o_base = Out + tl.cast(batch_head // n_heads, tl.int64) * stride_ob + tl.cast(batch_head % n_heads, tl.int64) * stride_oh
-    store_rows(o_base, first_row, offs_m, offs_d, stride_om, stride_od, 0, length, acc.to(Out.dtype.element_ty), HEAD_DIM)
+    store_rows(o_base, first_row, offs_m, offs_d, stride_om, stride_od, first_stored_row, length, acc.to(Out.dtype.element_ty), HEAD_DIM)
+
+
+@triton.jit
+def _merge_sum_kernel(
+    Part, Out, Part2, Out2,
+    merge_offsets, merge_lines,
+    stride_ob, stride_oh, stride_om, stride_od,
+    n_heads, n_batch_heads, length, first_stored_row,
+    HEAD_DIM: tl.constexpr,
+    HEAD_DIM_PADDED: tl.constexpr,
+    MASK_BLOCK: tl.constexpr,
+    ROWS: tl.constexpr,
+    PAIRS: tl.constexpr,
+):  # fmt: skip
+    """Backward merge: Out rows = the sum of the slots (and Out2's of Part2's with PAIRS=2), one
+    program per (ROWS rows, batch*head). Rows below ``first_stored_row`` are left alone."""
+    line, row_in_block, batch_head, slot_begin, slot_end = _merge_program(merge_offsets, merge_lines, MASK_BLOCK, ROWS)
+    _sum_slots(
+        Part, Out, line, row_in_block, batch_head, slot_begin, slot_end, stride_ob, stride_oh, stride_om, stride_od,
+        n_heads, n_batch_heads, length, first_stored_row, HEAD_DIM, HEAD_DIM_PADDED, MASK_BLOCK, ROWS,
+    )  # fmt: skip
+    if PAIRS == 2:
+        _sum_slots(
+            Part2, Out2, line, row_in_block, batch_head, slot_begin, slot_end, stride_ob, stride_oh, stride_om, stride_od,
+            n_heads, n_batch_heads, length, first_stored_row, HEAD_DIM, HEAD_DIM_PADDED, MASK_BLOCK, ROWS,
+        )  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------- launchers
@@ -360,12 +379,15 @@ def merge_softmax(plan: SplitPlan, out_part, lse_part, out, lse, mask_block: int
     )  # fmt: skip
 
 
-def merge_sum(plan: SplitPlan, part, out, mask_block: int):
-    """Write the split lines' rows of ``out`` (B, H, L, D) as the sum of their slots."""
+def merge_sum(plan: SplitPlan, parts: tuple, outs: tuple, mask_block: int, first_stored_row: int = 0):
+    """Write the split lines' rows of each of ``outs`` (one or two alike (B, H, L, D) tensors, dK and
+    dV in one launch) as the sum of its ``parts``' slots, from row ``first_stored_row`` on."""
+    out = outs[0]
     batch, n_heads, length, head_dim = out.shape
+    assert len(outs) == len(parts) in (1, 2) and all(o.shape == out.shape and o.stride() == out.stride() for o in outs)
     rows, grid = _merge_grid(plan, mask_block, batch * n_heads)
     _merge_sum_kernel[grid](
-        part, out, plan.merge_offsets, plan.merge_lines,
-        *out.stride(), n_heads, batch * n_heads, length,
-        HEAD_DIM=head_dim, HEAD_DIM_PADDED=part.shape[-1], MASK_BLOCK=mask_block, ROWS=rows,
+        parts[0], out, parts[-1], outs[-1], plan.merge_offsets, plan.merge_lines,
+        *out.stride(), n_heads, batch * n_heads, length, first_stored_row,
+        HEAD_DIM=head_dim, HEAD_DIM_PADDED=parts[0].shape[-1], MASK_BLOCK=mask_block, ROWS=rows, PAIRS=len(outs),
     )  # fmt: skip
