@@ -68,21 +68,24 @@ class FullRows:
 _splits: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-# Apart only for launches of at least this many mask blocks (blocks a head times batch * heads):
-# the rows' launches cost ~250 us of host time (two Triton launches, copies; H200 host,
-# benchmarks/experiments/full_rows.py), which the rest's GPU time must hide. local(256)+global(4)
-# at 8k with 32 heads (14k blocks, 0.33 ms) ran faster whole through do_bench; at 32k with 16
-# heads (28k blocks, 0.53 ms) apart.
-MIN_APART_BLOCKS = 20000
+# Apart only for launches of at least this much work: mask blocks (a head's, times batch * heads)
+# times the head dim. The rows' launches cost 400-800 us of host time (the H200 hosts lent vary;
+# benchmarks/experiments/full_rows_host.py, host_profile.py), which the rest's GPU time must hide.
+# local(256)+global(4) at 32k, 16 heads of 128 (28k blocks, 0.6 ms of kernels) gains apart; at 8k
+# with B=2 and 32 heads of 64 (29k blocks of half the work, 0.3 ms) the split read 0.740 ms
+# through do_bench against 0.40 whole, and at 2k 0.600 against 0.385 (results/h200-full-3.json
+# against h200-full-2.json): the size counts the head dim since a block's work does.
+MIN_APART_WORK = 20000 * 128
 
 
-def full_rows_apart(mask: BlockMask, n_batch_heads: int | None = None) -> FullRows | None:
+def full_rows_apart(mask: BlockMask, n_batch_heads: int | None = None, head_dim: int = 128) -> FullRows | None:
     """The split for ``mask``, or None to run it whole: when it was compiled from a pattern whose
     top-level union holds ``global(g)``, those rows make a long row, and they are few; with
-    ``n_batch_heads``, also only when the launch is large enough (MIN_APART_BLOCKS). Cached."""
+    ``n_batch_heads`` (and ``head_dim``), also only when the launch is large enough
+    (MIN_APART_WORK). Cached."""
     if not FULL_ROWS_APART or mask.is_dense or mask.pattern is None:
         return None
-    if n_batch_heads is not None and (mask.n_full + mask.n_partial) * n_batch_heads < MIN_APART_BLOCKS:
+    if n_batch_heads is not None and (mask.n_full + mask.n_partial) * n_batch_heads * head_dim < MIN_APART_WORK:
         return None
     if mask not in _splits:
         _splits[mask] = _build(mask)

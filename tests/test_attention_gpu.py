@@ -223,10 +223,10 @@ def test_int64_offsets():
 def test_full_rows_apart_on_gpu(monkeypatch):
     """The forward with the global rows computed apart and the backward with their dQ apart
     (kernels/full_rows.py), each on two streams, in bf16: allowed at this size only by lowering
-    MIN_APART_BLOCKS (the benchmarks' 32k is too big for the float64 oracle)."""
+    MIN_APART_WORK (the benchmarks' 32k is too big for the float64 oracle)."""
     from sparseflash.kernels import full_rows
 
-    monkeypatch.setattr(full_rows, "MIN_APART_BLOCKS", 0)
+    monkeypatch.setattr(full_rows, "MIN_APART_WORK", 0)
     case = ("local(256)+global(4)", 1, 8, 2, 8192, 8192, 128, torch.bfloat16)
     mask = sparseflash.compile_mask(case[0], 8192, device="cuda")
     assert full_rows.full_rows_apart(mask, 8) is not None and full_rows.FULL_ROWS_OVERLAP and full_rows.FULL_ROWS_APART_BACKWARD
@@ -247,7 +247,7 @@ def test_deterministic_backward_on_gpu():
 def test_long_lines_are_split_on_gpu():
     """The cases above with ``local(256)+global(4)`` at 8k and 4 heads run split rows and columns
     (kernels/split.py): their global row and column are cut into items and merged. (At this size the
-    forward keeps the whole mask: full_rows.MIN_APART_BLOCKS.)"""
+    forward keeps the whole mask: full_rows.MIN_APART_WORK.)"""
     from sparseflash.kernels.common import Schedule, default_backward_config, default_forward_config
     from sparseflash.kernels.split import plan_for
 

@@ -39,7 +39,7 @@ CASES = [
     ("local(256)+global(4)", 32768, 16, 128),
     ("local(256)+global(4)", 131072, 16, 128),
     ("local(256)+global(4)", 32768, 32, 64),
-    ("local(256)+global(4)", 8192, 32, 128),  # below MIN_APART_BLOCKS: apart only as asked here
+    ("local(256)+global(4)", 8192, 32, 128),  # below MIN_APART_WORK: apart only as asked here
 ]
 
 BASE = full_rows.FULL_ROWS_CONFIG
@@ -81,14 +81,14 @@ def main() -> None:
     rows, compiled = [], []
     defaults = (full_rows.FULL_ROWS_APART, full_rows.FULL_ROWS_OVERLAP, full_rows.FULL_ROWS_CONFIG)
     backward_default = full_rows.FULL_ROWS_APART_BACKWARD, full_rows.FULL_ROWS_BACKWARD_CONFIG
-    min_blocks = full_rows.MIN_APART_BLOCKS
+    min_work = full_rows.MIN_APART_WORK
     try:
         for pattern, seq_len, heads, head_dim in CASES:
             torch.manual_seed(0)
             mask = sparseflash.compile_mask(pattern, seq_len, device="cuda")
             q, k, v, dout = (torch.randn(1, heads, seq_len, head_dim, device="cuda", dtype=torch.bfloat16) for _ in range(4))
             scale = head_dim**-0.5
-            full_rows.MIN_APART_BLOCKS = 0
+            full_rows.MIN_APART_WORK = 0
             if backward:
                 out, lse = attention_forward(q, k, v, mask, scale)
                 run = lambda: attention_backward(dout, q, k, v, out, lse, mask, scale)  # noqa: E731
@@ -125,7 +125,7 @@ def main() -> None:
     finally:
         use(defaults)
         full_rows.FULL_ROWS_APART_BACKWARD, full_rows.FULL_ROWS_BACKWARD_CONFIG = backward_default
-        full_rows.MIN_APART_BLOCKS = min_blocks
+        full_rows.MIN_APART_WORK = min_work
     save_results("full_rows_backward" if backward else "full_rows", {"rows": rows, "compiled": compiled})
 
 
