@@ -48,6 +48,7 @@ from .common import (
     partial_parts,
     new_output,
     on_device_of,
+    run_beside,
     store_rows,
     load_tile,
     run_tile_start,
@@ -674,13 +675,7 @@ def attention_backward(
             if overlap_passes(q.device):
                 # dK/dV first (the longer programs), dQ beside it; the caller's stream then waits
                 # for both. Every tensor the side stream touches is alive until after that wait.
-                main = torch.cuda.current_stream(q.device)
-                side = side_stream(q.device)
-                side.wait_stream(main)
-                dkdv_pass()
-                with torch.cuda.stream(side):
-                    dq_pass()
-                main.wait_stream(side)
+                run_beside(q.device, dkdv_pass, dq_pass)
             else:
                 dkdv_pass()
                 dq_pass()

@@ -54,6 +54,20 @@ def side_stream(device: torch.device, priority: int = 0) -> torch.cuda.Stream:
     return _side_streams[key]
 
 
+def run_beside(device: torch.device, here, beside, priority: int = 0) -> None:
+    """Call ``here()`` on the caller's stream and ``beside()`` on a side stream (``side_stream``,
+    of ``priority``) that starts after the caller's pending work; the caller's stream then waits
+    for both. Tensors that ``beside`` uses must stay alive until that wait: allocate them on the
+    caller's stream, before."""
+    main = torch.cuda.current_stream(device)
+    side = side_stream(device, priority)
+    side.wait_stream(main)
+    here()
+    with torch.cuda.stream(side):
+        beside()
+    main.wait_stream(side)
+
+
 def on_device_of(tensor: torch.Tensor):
     """Triton launches on the current CUDA device: make it the tensor's (inputs on cuda:1 work).
     No context when it already is: entering one costs host time on every call."""

@@ -46,7 +46,7 @@ from .common import (
     partial_parts,
     new_output,
     on_device_of,
-    side_stream,
+    run_beside,
     store_rows,
     load_tile,
     run_tile_start,
@@ -442,13 +442,7 @@ def _forward_full_rows_apart(q, k, v, apart: FullRows, scale: float, allow_tf32:
         # The rest first, so the GPU is busy while the host launches the rows' two kernels; those
         # go on a stream of higher priority, whose programs the GPU starts ahead of the rest's.
         with on_device_of(q):
-            main = torch.cuda.current_stream(q.device)
-            side = side_stream(q.device, full_rows_module.FULL_ROWS_PRIORITY)
-            side.wait_stream(main)
-            rest_pass()
-            with torch.cuda.stream(side):
-                rows_pass()
-            main.wait_stream(side)
+            run_beside(q.device, rest_pass, rows_pass, full_rows_module.FULL_ROWS_PRIORITY)
     else:
         rest_pass()
         rows_pass()
