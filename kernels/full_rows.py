@@ -18,8 +18,8 @@ The backward reads only ``out`` and ``lse``, which are the same. Its dK/dV keeps
 (each column program takes the rows in one narrow step); its dQ is split the same way
 (``backward._dq_rows_apart``):
 
-    dQ:       dq = rest-of-pattern dQ for every row                  (rows < n: overwritten)
-              dq[:, :, :n] = dQ of q[:, :, :n] over all keys
+    dQ:       dq[:, :, n:] = rest-of-pattern dQ                      (rows < n computed, not stored)
+              dq[:, :, :n] = dQ of q[:, :, :n] over all keys        (same high-priority stream)
 """
 
 from __future__ import annotations
