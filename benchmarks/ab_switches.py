@@ -37,6 +37,8 @@ CASES = [
     ("butterfly(128)", 32768, 1, 16),
     ("local(1k) & causal", 131072, 1, 16),
     ("butterfly(128)", 131072, 1, 16),
+    ("local(1k) & causal", 16384, 1, 16),  # with 32k and 128k: a trend in N, if any
+    ("local(1k) & causal", 65536, 1, 16),
     ("local(256)+global(4)", 32768, 1, 16),
     ("local(256)", 32768, 1, 16),
     ("local(256)+sink(4)", 32768, 1, 16),
