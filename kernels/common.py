@@ -273,12 +273,17 @@ def has_long_lines(mask, by_rows: bool) -> bool:
 
 
 # Whether masks whose lines all hold about as many blocks (the longest at most BALANCED_LINES times
-# the mean: bands, butterflies) still start their programs longest line first. Heavy-first costs
-# each program a dependent load (its line from the order table) before its block lists. Same-run
-# A/B, H200, forward off / on (benchmarks/ab_switches.py, results/heavy_first_balanced_ab.json):
-# local(1k) & causal 0.716 / 0.742 ms at 32k but 3.163 / 2.960 at 128k, butterfly(128) within 1%,
-# backward 0.3-1.7% slower off. The lengths disagree and why was not found: left on.
-HEAVY_FIRST_BALANCED = True
+# the mean: bands, butterflies) still start their programs longest line first, per pass. Heavy-first
+# costs each program a dependent load (its line from the order table) before its block lists.
+# Same-run A/B, H200, off / on, both passes switched together (benchmarks/ab_switches.py --switch
+# common.HEAVY_FIRST_BALANCED --rounds 4, when it was one switch; results/heavy_first_balanced_ab_2.json):
+# forward off faster at every size measured,
+# local(1k) & causal 0.360 / 0.374 ms at 16k, 0.713 / 0.742 at 32k, 1.454 / 1.497 at 64k,
+# 2.894 / 3.017 at 128k, butterfly(128) 0.662 / 0.696 at 32k, 3.395 / 3.492 at 128k; backward on
+# faster at 32k (2.277 / 2.225, 2.185 / 2.119), level at 16k to 128k (within 1%). An earlier run
+# (heavy_first_balanced_ab.json, two rounds) had local(1k) & causal at 128k the other way round.
+HEAVY_FIRST_BALANCED_FORWARD = False
+HEAVY_FIRST_BALANCED_BACKWARD = True
 BALANCED_LINES = 1.25
 
 
@@ -289,12 +294,14 @@ def is_balanced(mask, by_rows: bool) -> bool:
     return longest <= BALANCED_LINES * (mask.n_full + mask.n_partial) / n_lines
 
 
-def auto_schedule(mask, by_rows: bool) -> Schedule:
+def auto_schedule(mask, by_rows: bool, backward: bool = False) -> Schedule:
     """Heads fastest when a few rows (columns, for dK/dV) are much longer than the rest, as under
     ``global(g)``: then every head's long row starts at once. Balanced masks keep query tiles
     fastest, so that programs running together share one head's K and V in L2 (measured: listing
-    every block of a dense mask ran 1.27x slower with heads fastest)."""
-    heavy_first = HEAVY_FIRST_BALANCED or not is_balanced(mask, by_rows)
+    every block of a dense mask ran 1.27x slower with heads fastest), and start longest line first
+    only in the backward (HEAVY_FIRST_BALANCED_*)."""
+    balanced_heavy_first = HEAVY_FIRST_BALANCED_BACKWARD if backward else HEAVY_FIRST_BALANCED_FORWARD
+    heavy_first = balanced_heavy_first or not is_balanced(mask, by_rows)
     return Schedule(heavy_first=heavy_first, heads_fastest=has_long_lines(mask, by_rows))
 
 

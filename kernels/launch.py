@@ -86,7 +86,7 @@ def line_launch(
     the ``streamed`` tensors (all (B, H, L, D) inputs, for :func:`common.tma_mode`). ``constants``
     are the kernel's own; the schedule, full-run, split and TMA ones are added here."""
     device = streamed[0].device
-    schedule = config.schedule or auto_schedule(mask, by_rows=by_rows)
+    schedule = config.schedule or auto_schedule(mask, by_rows=by_rows, backward=backward)
     plan = plan_for(config, mask, schedule, n_batch_heads, device, by_rows=by_rows)
     lists = (row_list_arguments if by_rows else column_list_arguments)(mask, device)
     use_tma = tma_mode(config.tma, *streamed, prefer_host=prefer_host_descriptors(mask, by_rows=by_rows, backward=backward))

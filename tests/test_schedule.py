@@ -258,6 +258,18 @@ def test_auto_schedule_puts_heads_fastest_only_for_uneven_rows():
     assert not auto_schedule(sparseflash.compile_mask("local(256)", 8192), by_rows=True).heads_fastest
 
 
+def test_auto_schedule_starts_balanced_lines_longest_first_in_the_backward_only():
+    """Balanced masks (bands, butterflies): the forward takes its lines in order (no order table to
+    load first), the backward longest first; uneven ones longest first in both (HEAVY_FIRST_BALANCED_*)."""
+    for balanced in ("local(1k) & causal", "butterfly(128)"):
+        mask = sparseflash.compile_mask(balanced, 32768)
+        assert not auto_schedule(mask, by_rows=True).heavy_first
+        assert auto_schedule(mask, by_rows=True, backward=True).heavy_first
+        assert auto_schedule(mask, by_rows=False, backward=True).heavy_first
+    uneven = sparseflash.compile_mask("local(256) + global(4)", 8192)
+    assert auto_schedule(uneven, by_rows=True).heavy_first and auto_schedule(uneven, by_rows=True, backward=True).heavy_first
+
+
 def test_auto_split_only_when_a_line_outweighs_its_multiprocessor_shares(monkeypatch):
     """split.auto_split_blocks on a 132-multiprocessor GPU: local(256)+global(4) at 32k has 1,780
     blocks a head and a 256-block global row and column; 16 heads hide the row (1.2 shares, two
