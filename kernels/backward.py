@@ -629,7 +629,7 @@ def attention_backward(
     launch = prepared_launch(mask, key, lambda: _prepare_backward(q, k, v, dout, mask, allow_tf32, config, dlse is not None))
     apart = None
     if config is None and full_rows_module.FULL_ROWS_APART_BACKWARD:
-        apart = full_rows_apart(mask, batch * n_q_heads, head_dim)
+        apart = full_rows_apart(mask, (batch * n_q_heads, head_dim))
     dq_run = launch.dq
     if apart is not None:
         # dQ over the rest of the pattern, delta where the whole mask's launch expects it.

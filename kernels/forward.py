@@ -388,7 +388,7 @@ def attention_forward(
         # The kernel scales row maxima, which needs scale > 0; scale * q.k is the same as
         # |scale| * (-q).k, and as 1 * 0.k for scale 0 (a rare case: it costs a copy of q).
         q, scale = (-q, -scale) if scale < 0 else (torch.zeros_like(q), 1.0)
-    apart = full_rows_apart(mask, q.shape[0] * q.shape[1], q.shape[3]) if config is None else None
+    apart = full_rows_apart(mask, (q.shape[0] * q.shape[1], q.shape[3])) if config is None else None
     if apart is not None:
         return _forward_full_rows_apart(q, k, v, apart, scale, allow_tf32, out, lse)
     key = ("forward", config, allow_tf32, FORWARD_WALK, FORWARD_SKIP_ACROSS, *layout_key(q, k, v))

@@ -48,7 +48,7 @@ FULL_ROWS_OVERLAP = True
 # The side stream's priority for the rows (0 default; lower is higher). At the default the GPU may
 # start the rows' programs only when the rest's grid has drained, and they finish after it; at high
 # priority they go first and finish beside it. H200, local(256)+global(4), GPU time with every
-# launch queued (benchmarks/experiments/full_rows_streams.py, results/full_rows_streams.json):
+# launch queued (benchmarks/experiments/full_rows_streams.py, results/full_rows_streams_1.json):
 # 32k 0.628-0.632 -> 0.604-0.606 ms, 128k 2.467-2.471 -> 2.367-2.370, 32k D=64 0.750-0.757 -> 0.725.
 # The rows' dQ (backward) takes the same stream: forward+backward level at 32k, 128k 8.85 -> 8.83 ms
 # (results/full_rows_streams.json).
@@ -78,14 +78,14 @@ _splits: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 MIN_APART_WORK = 20000 * 128
 
 
-def full_rows_apart(mask: BlockMask, n_batch_heads: int | None = None, head_dim: int = 128) -> FullRows | None:
+def full_rows_apart(mask: BlockMask, launch: tuple[int, int] | None = None) -> FullRows | None:
     """The split for ``mask``, or None to run it whole: when it was compiled from a pattern whose
     top-level union holds ``global(g)``, those rows make a long row, and they are few; with
-    ``n_batch_heads`` (and ``head_dim``), also only when the launch is large enough
+    ``launch`` = (batch * heads, head dim), also only when the launch is large enough
     (MIN_APART_WORK). Cached."""
     if not FULL_ROWS_APART or mask.is_dense or mask.pattern is None:
         return None
-    if n_batch_heads is not None and (mask.n_full + mask.n_partial) * n_batch_heads * head_dim < MIN_APART_WORK:
+    if launch is not None and (mask.n_full + mask.n_partial) * launch[0] * launch[1] < MIN_APART_WORK:
         return None
     if mask not in _splits:
         _splits[mask] = _build(mask)

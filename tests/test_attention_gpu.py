@@ -229,7 +229,7 @@ def test_full_rows_apart_on_gpu(monkeypatch):
     monkeypatch.setattr(full_rows, "MIN_APART_WORK", 0)
     case = ("local(256)+global(4)", 1, 8, 2, 8192, 8192, 128, torch.bfloat16)
     mask = sparseflash.compile_mask(case[0], 8192, device="cuda")
-    assert full_rows.full_rows_apart(mask, 8) is not None and full_rows.FULL_ROWS_OVERLAP and full_rows.FULL_ROWS_APART_BACKWARD
+    assert full_rows.full_rows_apart(mask, (8, 128)) is not None and full_rows.FULL_ROWS_OVERLAP and full_rows.FULL_ROWS_APART_BACKWARD
     q, k, v, dout, dlse = make_inputs(*case[1:], seed=11)
     allowed = sparseflash.parse(case[0]).dense_mask(8192, 8192, device="cuda")
     check_case(_case_id(case) + " apart", lambda *t: attention(*t, mask, return_lse=True), q, k, v, dout, dlse, allowed)

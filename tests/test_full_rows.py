@@ -69,7 +69,7 @@ def test_full_rows_apart_match_the_oracle(pattern, q_len, kv_len, n_rows, dtype,
     monkeypatch.setattr(kernels, "POISON_OUTPUTS", True)
     monkeypatch.setattr(full_rows, "MIN_APART_WORK", 0)  # these launches are small
     mask = sparseflash.compile_mask(pattern, q_len, kv_len, block_m=16, block_n=16)
-    split = full_rows.full_rows_apart(mask, 4)
+    split = full_rows.full_rows_apart(mask, (4, 32))
     assert split is not None and split.n_rows == n_rows
     gen = torch.Generator().manual_seed(q_len)
     q, dout = (torch.randn(1, 4, q_len, 32, generator=gen).to(dtype) for _ in range(2))
@@ -145,13 +145,13 @@ def test_small_launches_keep_the_whole_mask():
     blocks x heads x head dim)."""
     mask = sparseflash.compile_mask("local(256)+global(4)", 32768)
     blocks = mask.n_full + mask.n_partial
-    assert full_rows.full_rows_apart(mask, 16, 128) is not None  # 28k blocks of D=128
-    assert full_rows.full_rows_apart(mask, 32, 64) is not None  # 57k blocks of D=64
-    assert full_rows.full_rows_apart(mask, full_rows.MIN_APART_WORK // (blocks * 128), 128) is None
-    assert full_rows.full_rows_apart(mask, 16, 64) is None  # half the work of 16 heads of 128
+    assert full_rows.full_rows_apart(mask, (16, 128)) is not None  # 28k blocks of D=128
+    assert full_rows.full_rows_apart(mask, (32, 64)) is not None  # 57k blocks of D=64
+    assert full_rows.full_rows_apart(mask, (full_rows.MIN_APART_WORK // (blocks * 128), 128)) is None
+    assert full_rows.full_rows_apart(mask, (16, 64)) is None  # half the work of 16 heads of 128
     # 8k: B=2 x 32 heads of 64 (29k blocks, half the work each) and 16 heads of 128 (14k) stay whole.
     small = sparseflash.compile_mask("local(256)+global(4)", 8192)
-    assert full_rows.full_rows_apart(small, 64, 64) is None and full_rows.full_rows_apart(small, 16, 128) is None
+    assert full_rows.full_rows_apart(small, (64, 64)) is None and full_rows.full_rows_apart(small, (16, 128)) is None
 
 
 def test_whole_mask_when_switched_off(monkeypatch):
