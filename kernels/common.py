@@ -247,7 +247,44 @@ for _rows in ("dense", "long", "short"):
 # (local(1k)+sink(4)) & causal 0.852 -> 0.764 ms at 32k, 3.31 -> 3.07 ms at 128k
 # (benchmarks/experiments/wrapped_spans.py, results/wrapped_spans.json).
 TWO_PER_SM_FORWARD = {(128, True): ForwardConfig(128, 64, num_warps=4, num_stages=2, list_slots=16)}
-TWO_PER_SM_SPANS_FORWARD = {key: replace(config, list_slots=None, key_spans=True) for key, config in TWO_PER_SM_FORWARD.items()}
+# Short rows with partial blocks masked by one key span a row: at D=128 the two-per-SM tile above;
+# at D=64 64-query tiles (twice the programs, each half as long) with spans. D=64 kernel times, H200,
+# 32 heads, two rounds, default (128 x 64, 4 warps, 3 stages, uint8 tiles) -> this
+# (benchmarks/experiments/partial_row_tiles.py, results/partial_row_tiles.json, _2.json):
+# local(1k) & causal 32k 0.882, 0.887 -> 0.824 ms (64 x 64 without spans 0.835, 0.835), 128k
+# 3.538, 3.583 -> 3.532 (without spans 3.340, 3.519). Rows of full blocks keep the default at D=64:
+# 64-query tiles gain at 32k but lose at 128k, where each K/V block is read from DRAM twice as
+# often (butterfly(128) 0.770 -> 0.745 ms at 32k, 3.776 -> 3.960 at 128k).
+SHORT_SPAN_ROWS_FORWARD = {
+    (128, True): replace(TWO_PER_SM_FORWARD[128, True], list_slots=None, key_spans=True),
+    (64, True): ForwardConfig(64, 64, num_warps=4, num_stages=3, key_spans=True),
+}
+
+# Rows made mostly of partial blocks, each row one key span (``strided(256)+local(128)``: a
+# diagonal or a band edge in every block; bands not aligned to the block), long rows included
+# (:func:`partial_span_rows`). The 8-warp long-row tile loads a uint8 tile every step; 4 warps with
+# key spans and three stages load none. Same runs as above, kernel ms, default -> these tiles:
+#   forward  strided(256)+local(128) D=64 8k 2.237-2.254 -> 1.811-1.812, 32k 16.53 -> 13.21;
+#            D=128 8k 1.536-1.542 -> 1.371, 32k 11.71 -> 10.10; local(200) 32k D=64 0.685 -> 0.607,
+#            D=128 0.495 -> 0.488 (there two stages, the short-row tile, 0.495).
+#   backward strided(256)+local(128) D=128 8k 4.891-4.920 -> 4.297 (spans, 64 x 64, 2 stages),
+#            32k 35.70 -> 32.80; D=64 8k 6.287-6.314 -> 5.500 (32-query dK/dV steps, no spans;
+#            64 x 64 with spans 5.549), 32k 46.79 -> 41.65 (41.08); local(200) 32k D=64
+#            2.021 -> 1.711, D=128 1.549 -> 1.499.
+PARTIAL_SPAN_ROWS_FORWARD = {
+    (64, True): ForwardConfig(128, 64, num_warps=4, num_stages=3, key_spans=True),
+    (128, True): ForwardConfig(128, 64, num_warps=4, num_stages=3, key_spans=True),
+}
+# D=64 backward of short rows and of partial-span rows (no long lines either way): dK/dV steps of
+# 32 queries over 64 keys, dQ 64 x 64, two stages. Same runs, backward kernel ms, default
+# (64 x 64 both, 3 stages) -> this: local(1k) & causal 32k 2.551-2.571 -> 2.295, 128k
+# 10.56-10.70 -> 10.09; butterfly(128) 32k 2.278-2.289 -> 2.047, 128k 12.08 -> 11.26. At D=128
+# 32-query steps lose (local(200) 1.549 -> 1.626 ms; local(1k) & causal, results/backward_tiles.json).
+EVEN_ROWS_BACKWARD = {(64, True): BackwardConfig(32, 64, 64, 64, num_warps=4, num_stages=2)}
+PARTIAL_SPAN_ROWS_BACKWARD = {
+    **EVEN_ROWS_BACKWARD,
+    (128, True): BackwardConfig(64, 64, 64, 64, num_warps=4, num_stages=2, key_spans=True),
+}
 
 # Rows with at least this many keys in non-empty blocks on average count as long (16 blocks of 128).
 # Counted in keys, not blocks: 64x64 masks of `local(1k) & causal` once crossed a 16-block line
@@ -357,14 +394,30 @@ def fit_tile(wanted: int, mask_block: int, length: int) -> int:
     return max(tile, 16)
 
 
+def partial_span_rows(mask) -> bool:
+    """Whether a sparse mask's blocks are mostly partial, every tile row one key span, and no row or
+    column much longer than the rest (``strided(256)+local(128)``, ``local(200)``): the rows that
+    take PARTIAL_SPAN_ROWS_* tiles, short or long."""
+    return (
+        not mask.is_dense
+        and mask.key_spans == 1
+        and mask.n_partial > mask.n_full
+        and not has_long_lines(mask, by_rows=True)
+        and not has_long_lines(mask, by_rows=False)
+    )
+
+
 def default_forward_config(head_dim_padded, dtype, mask) -> ForwardConfig:
+    """The measured forward tiles for this mask (tables above), clamped to its blocks and lengths."""
     key = _table_key(head_dim_padded, dtype, row_class(mask))
     base = FORWARD_DEFAULTS[key]
-    if key[2] == "short" and not has_long_lines(mask, by_rows=True):
+    if partial_span_rows(mask):
+        base = PARTIAL_SPAN_ROWS_FORWARD.get(key[:2], base)
+    elif key[2] == "short" and not has_long_lines(mask, by_rows=True):
         if mask.n_partial == 0:
             base = TWO_PER_SM_FORWARD.get(key[:2], base)
         elif mask.key_spans == 1:
-            base = TWO_PER_SM_SPANS_FORWARD.get(key[:2], base)
+            base = SHORT_SPAN_ROWS_FORWARD.get(key[:2], base)
     return replace(
         base,
         block_m=fit_tile(base.block_m, mask.block_m, mask.q_len),
@@ -373,14 +426,19 @@ def default_forward_config(head_dim_padded, dtype, mask) -> ForwardConfig:
 
 
 def default_backward_config(head_dim_padded, dtype, mask) -> BackwardConfig:
-    base = BACKWARD_DEFAULTS[_table_key(head_dim_padded, dtype, row_class(mask))]
-    return BackwardConfig(
-        fit_tile(base.block_m1, mask.block_m, mask.q_len),
-        fit_tile(base.block_n1, mask.block_n, mask.kv_len),
-        fit_tile(base.block_m2, mask.block_m, mask.q_len),
-        fit_tile(base.block_n2, mask.block_n, mask.kv_len),
-        base.num_warps,
-        base.num_stages,
+    """The measured backward tiles for this mask (tables above), clamped to its blocks and lengths."""
+    key = _table_key(head_dim_padded, dtype, row_class(mask))
+    base = BACKWARD_DEFAULTS[key]
+    if partial_span_rows(mask):
+        base = PARTIAL_SPAN_ROWS_BACKWARD.get(key[:2], base)
+    elif key[2] == "short" and not has_long_lines(mask, by_rows=True) and not has_long_lines(mask, by_rows=False):
+        base = EVEN_ROWS_BACKWARD.get(key[:2], base)
+    return replace(
+        base,
+        block_m1=fit_tile(base.block_m1, mask.block_m, mask.q_len),
+        block_n1=fit_tile(base.block_n1, mask.block_n, mask.kv_len),
+        block_m2=fit_tile(base.block_m2, mask.block_m, mask.q_len),
+        block_n2=fit_tile(base.block_n2, mask.block_n, mask.kv_len),
     )
 
 

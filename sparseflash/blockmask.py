@@ -467,7 +467,7 @@ def _key_spans(tiles: np.ndarray) -> np.ndarray:
     Two runs that touch the block's two ends (a band row beside a global column: keys 0-3 and
     200-255 of a block) are given as one *wrapped* span [first, end) with first > end, meaning
     keys >= first or < end, when that leaves every row one span: one span a row lets the forward
-    take its two-programs-a-multiprocessor tiles (kernels.common.TWO_PER_SM_SPANS_FORWARD)."""
+    take its two-programs-a-multiprocessor tiles (kernels.common.SHORT_SPAN_ROWS_FORWARD)."""
     n_tiles, block_m, _ = tiles.shape
     previous = np.zeros_like(tiles)
     previous[..., 1:] = tiles[..., :-1]

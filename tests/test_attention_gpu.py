@@ -72,7 +72,9 @@ CASES = [
     ("butterfly(128)", 1, 2, 2, 4096, 4096, 64, torch.bfloat16),
     ("butterfly(128)", 1, 4, 2, 4096, 4096, 128, torch.bfloat16),  # full blocks only: the 2-per-SM forward
     ("local(256)+sink(4)", 1, 16, 16, 4096, 4096, 128, torch.bfloat16),  # 16 heads: the sink column is split
-    ("strided(256) + local(128)", 1, 2, 2, 2048, 2048, 128, torch.float16),
+    ("strided(256) + local(128)", 1, 2, 2, 2048, 2048, 128, torch.float16),  # partial-span rows: 4 warps, key spans
+    ("strided(256) + local(128)", 1, 2, 2, 3000, 3000, 64, torch.bfloat16),  # the same at D=64: 32-query dK/dV steps
+    ("local(1k) & causal", 1, 4, 2, 5000, 5000, 64, torch.bfloat16),  # D=64 short rows: 64 x 64 forward with spans
     ("causal - local(64)", 1, 2, 2, 2048, 2048, 80, torch.bfloat16),  # head dim padded 80 -> 128
     ("chunk(512) + sink(4)", 1, 2, 1, 4096, 4096, 256, torch.bfloat16),
     ("causal", 1, 2, 2, 1024, 1024, 64, torch.float32),  # exact (ieee) float32 products

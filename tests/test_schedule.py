@@ -334,16 +334,49 @@ def test_host_descriptors_where_measured_faster(pattern, forward, dq, dkdv):
      ("dense", False), ("causal", False)],
 )  # fmt: skip
 def test_short_rows_get_the_two_per_sm_forward_where_measured_faster(pattern, two_per_sm):
-    from sparseflash.kernels.common import TWO_PER_SM_FORWARD, TWO_PER_SM_SPANS_FORWARD, default_forward_config
+    from sparseflash.kernels.common import SHORT_SPAN_ROWS_FORWARD, TWO_PER_SM_FORWARD, default_forward_config
 
     mask = sparseflash.compile_mask(pattern, 32768)
-    wanted = TWO_PER_SM_FORWARD if mask.n_partial == 0 else TWO_PER_SM_SPANS_FORWARD
+    wanted = TWO_PER_SM_FORWARD if mask.n_partial == 0 else SHORT_SPAN_ROWS_FORWARD
     config = default_forward_config(128, torch.bfloat16, mask)
     assert (config == wanted[128, True]) == two_per_sm
     assert config.key_spans == (two_per_sm and mask.n_partial > 0)
     # Never at other head dims or in float32.
     assert default_forward_config(64, torch.bfloat16, mask) != wanted[128, True]
     assert default_forward_config(128, torch.float32, mask) != wanted[128, True]
+
+
+# The measured tile rules for rows of partial blocks with one key span a row (common.PARTIAL_SPAN_ROWS_*),
+# and at D=64 for short rows: the forward's SHORT_SPAN_ROWS_FORWARD (rows not long, partial blocks
+# of one span) and the backward's EVEN_ROWS_BACKWARD (no long row or column; the same entry as
+# PARTIAL_SPAN_ROWS_BACKWARD at D=64).
+@pytest.mark.parametrize(
+    "pattern, partial_rows, d64_span_forward, d64_even_backward",
+    [("strided(256)+local(128)", True, False, True), ("strided(256)", True, False, True),
+     ("local(200)", True, False, True), ("local(1k) & causal", False, True, True),
+     ("butterfly(128)", False, False, True), ("local(256)", False, True, True),
+     ("local(256)+sink(4)", False, True, False), ("local(256)+global(4)", False, False, False),
+     ("strided(256)+local(128)+global(4)", False, False, False), ("causal", False, False, False),
+     ("dense", False, False, False)],
+)  # fmt: skip
+def test_tiles_for_partial_and_short_rows_where_measured_faster(pattern, partial_rows, d64_span_forward, d64_even_backward):
+    from sparseflash.kernels import common
+
+    mask = sparseflash.compile_mask(pattern, 32768)
+    assert common.partial_span_rows(mask) == partial_rows
+    for head_dim in (64, 128):
+        forward = common.default_forward_config(head_dim, torch.bfloat16, mask)
+        assert (forward == common.PARTIAL_SPAN_ROWS_FORWARD[head_dim, True]) == partial_rows
+    d128_backward = common.default_backward_config(128, torch.bfloat16, mask)
+    assert (d128_backward == common.PARTIAL_SPAN_ROWS_BACKWARD[128, True]) == partial_rows
+    assert d128_backward.key_spans == partial_rows
+    d64_forward = common.default_forward_config(64, torch.bfloat16, mask)
+    assert (d64_forward == common.SHORT_SPAN_ROWS_FORWARD[64, True]) == d64_span_forward
+    d64_backward = common.default_backward_config(64, torch.bfloat16, mask)
+    assert (d64_backward == common.EVEN_ROWS_BACKWARD[64, True]) == d64_even_backward
+    # float32 keeps its own small tiles.
+    assert not common.default_forward_config(64, torch.float32, mask).key_spans
+    assert not common.default_backward_config(128, torch.float32, mask).key_spans
 
 
 @pytest.mark.parametrize("pattern, in_dq", [("local(1k) & causal", True), ("local(256)+global(4)", True), ("causal", False), ("dense", False)])

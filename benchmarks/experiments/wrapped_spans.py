@@ -2,7 +2,7 @@
 column now need one key span a row instead of two. Two things follow, both timed here:
 
 - Rows without a long row (``local(256)+sink(4)``, causal bands with a sink) now get the forward's
-  two-programs-a-multiprocessor tile (``common.TWO_PER_SM_SPANS_FORWARD``: 4 warps, 128 x 64,
+  two-programs-a-multiprocessor tile (``common.SHORT_SPAN_ROWS_FORWARD``: 4 warps, 128 x 64,
   spans), where they had the 8-warp 128 x 128 tile loading uint8 masks ("before").
 - Kernels that keep tile loads by default (the 8-warp forward under a long row, the backward) could
   now compare one span instead: "spans" variants.
