@@ -275,11 +275,14 @@ PARTIAL_SPAN_ROWS_FORWARD = {
     (64, True): ForwardConfig(128, 64, num_warps=4, num_stages=3, key_spans=True),
     (128, True): ForwardConfig(128, 64, num_warps=4, num_stages=3, key_spans=True),
 }
-# D=64 backward of short rows and of partial-span rows (no long lines either way): dK/dV steps of
-# 32 queries over 64 keys, dQ 64 x 64, two stages. Same runs, backward kernel ms, default
-# (64 x 64 both, 3 stages) -> this: local(1k) & causal 32k 2.551-2.571 -> 2.295, 128k
-# 10.56-10.70 -> 10.09; butterfly(128) 32k 2.278-2.289 -> 2.047, 128k 12.08 -> 11.26. At D=128
-# 32-query steps lose (local(200) 1.549 -> 1.626 ms; local(1k) & causal, results/backward_tiles.json).
+# D=64 backward of short rows whose rows and columns are all about as long (is_balanced), and of
+# partial-span rows: dK/dV steps of 32 queries over 64 keys, dQ 64 x 64, two stages. Same runs,
+# backward kernel ms, default (64 x 64 both, 3 stages) -> this: local(1k) & causal 32k
+# 2.551-2.571 -> 2.295, 128k 10.56-10.70 -> 10.09; butterfly(128) 32k 2.278-2.289 -> 2.047, 128k
+# 12.08 -> 11.26, 16k 1.085 -> 0.934, 2k 0.734 -> 0.644 (round 4). Unbalanced short rows keep the
+# default: causal at 2k (rows of 1 to 16 blocks) 1.134 -> 1.273, the two stages losing on its long
+# runs of full blocks; local(1k) & causal at 2k (not balanced there either) would gain, 1.036 -> 0.911.
+# At D=128 32-query steps lose (local(200) 1.549 -> 1.626 ms; local(1k) & causal, results/backward_tiles.json).
 EVEN_ROWS_BACKWARD = {(64, True): BackwardConfig(32, 64, 64, 64, num_warps=4, num_stages=2)}
 PARTIAL_SPAN_ROWS_BACKWARD = {
     **EVEN_ROWS_BACKWARD,
@@ -431,7 +434,7 @@ def default_backward_config(head_dim_padded, dtype, mask) -> BackwardConfig:
     base = BACKWARD_DEFAULTS[key]
     if partial_span_rows(mask):
         base = PARTIAL_SPAN_ROWS_BACKWARD.get(key[:2], base)
-    elif key[2] == "short" and not has_long_lines(mask, by_rows=True) and not has_long_lines(mask, by_rows=False):
+    elif key[2] == "short" and is_balanced(mask, by_rows=True) and is_balanced(mask, by_rows=False):
         base = EVEN_ROWS_BACKWARD.get(key[:2], base)
     return replace(
         base,

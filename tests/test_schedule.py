@@ -348,8 +348,8 @@ def test_short_rows_get_the_two_per_sm_forward_where_measured_faster(pattern, tw
 
 # The measured tile rules for rows of partial blocks with one key span a row (common.PARTIAL_SPAN_ROWS_*),
 # and at D=64 for short rows: the forward's SHORT_SPAN_ROWS_FORWARD (rows not long, partial blocks
-# of one span) and the backward's EVEN_ROWS_BACKWARD (no long row or column; the same entry as
-# PARTIAL_SPAN_ROWS_BACKWARD at D=64).
+# of one span) and the backward's EVEN_ROWS_BACKWARD (rows and columns balanced; the same entry as
+# PARTIAL_SPAN_ROWS_BACKWARD at D=64). Causal at 2k is short but unbalanced and keeps the default.
 @pytest.mark.parametrize(
     "pattern, partial_rows, d64_span_forward, d64_even_backward",
     [("strided(256)+local(128)", True, False, True), ("strided(256)", True, False, True),
@@ -377,6 +377,17 @@ def test_tiles_for_partial_and_short_rows_where_measured_faster(pattern, partial
     # float32 keeps its own small tiles.
     assert not common.default_forward_config(64, torch.float32, mask).key_spans
     assert not common.default_backward_config(128, torch.float32, mask).key_spans
+
+
+@pytest.mark.parametrize("pattern, even", [("causal", False), ("local(1k) & causal", False), ("butterfly(128)", True), ("local(256)", True)])
+def test_short_unbalanced_rows_keep_the_default_d64_backward(pattern, even):
+    from sparseflash.kernels import common
+
+    mask = sparseflash.compile_mask(pattern, 2048)
+    assert common.row_class(mask) == "short"
+    config = common.default_backward_config(64, torch.bfloat16, mask)
+    assert (config == common.EVEN_ROWS_BACKWARD[64, True]) == even
+    assert (config == common.BACKWARD_DEFAULTS[64, True, "short"]) == (not even)
 
 
 @pytest.mark.parametrize("pattern, in_dq", [("local(1k) & causal", True), ("local(256)+global(4)", True), ("causal", False), ("dense", False)])

@@ -9,6 +9,7 @@ two programs per SM; ``strided(256)+local(128)`` has one key span a row in every
     python benchmarks/experiments/partial_row_tiles.py             # round 1: results/partial_row_tiles.json
     python benchmarks/experiments/partial_row_tiles.py --round 2   # round 2: results/partial_row_tiles_2.json
     python benchmarks/experiments/partial_row_tiles.py --round 3   # round 3: results/partial_row_tiles_3.json
+    python benchmarks/experiments/partial_row_tiles.py --round 4   # round 4: results/partial_row_tiles_4.json
 
 Round 1 swept each head dim's tiles broadly; round 2 narrows around its winners (64x64 query tiles
 for D=64 short rows, two stages in the backward, key spans for rows of partial blocks) and adds
@@ -144,7 +145,30 @@ CASES_3 = [
 ]
 FORWARD_3 = {64: {"former 128x64 4w 3s slots": ForwardConfig(128, 64, num_warps=4, num_stages=3, list_slots=16)}}
 BACKWARD_3 = {64: {"former 64x64 4w 3s": BackwardConfig(64, 64, 64, 64, num_warps=4, num_stages=3)}}
-ROUNDS = {1: (CASES_1, FORWARD_1, BACKWARD_1), 2: (CASES_2, FORWARD_2, BACKWARD_2), 3: (CASES_3, FORWARD_3, BACKWARD_3)}
+# Round 4: h200-full-5-short read the D=64 forward+backward of butterfly(128) and causal at 2k
+# (B=8; short rows there) 13-15% slower than h200-full-4, and butterfly at 8k faster: the short-row
+# backward at short lengths, against the former tiles and two-stage variants.
+CASES_4 = [
+    ("butterfly(128)", 2048, 8, 32, 64),
+    ("causal", 2048, 8, 32, 64),
+    ("local(1k) & causal", 2048, 8, 32, 64),
+    ("butterfly(128)", 8192, 2, 32, 64),
+    ("butterfly(128)", 16384, 1, 32, 64),
+]
+FORWARD_4 = {64: {"former 128x64 4w 3s slots": ForwardConfig(128, 64, num_warps=4, num_stages=3, list_slots=16)}}
+BACKWARD_4 = {
+    64: {
+        "former 64x64 4w 3s": BackwardConfig(64, 64, 64, 64, num_warps=4, num_stages=3),
+        "64x64 4w 2s": BackwardConfig(64, 64, 64, 64, num_warps=4, num_stages=2),
+        "32x64/64x64 4w 3s": BackwardConfig(32, 64, 64, 64, num_warps=4, num_stages=3),
+    }
+}
+ROUNDS = {
+    1: (CASES_1, FORWARD_1, BACKWARD_1),
+    2: (CASES_2, FORWARD_2, BACKWARD_2),
+    3: (CASES_3, FORWARD_3, BACKWARD_3),
+    4: (CASES_4, FORWARD_4, BACKWARD_4),
+}
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
