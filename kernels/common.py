@@ -197,7 +197,10 @@ def key_span_count(config, mask) -> int:
 # two blocks).
 FORWARD_DEFAULTS = {
     (64, True, "dense"): ForwardConfig(128, 64, num_warps=8, num_stages=3),
-    (64, True, "long"): ForwardConfig(128, 64, num_warps=4, num_stages=3),  # causal 8k: 1.93 -> 1.54 ms
+    # Long rows at D=64 step 128 keys for 64 queries: causal 8k 1.93 -> 1.54 ms (8 warps 128 x 64 ->
+    # 4 warps 128 x 64, first session), then 1.378 -> 1.249 ms, 32k 10.08 -> 9.80 (128 x 64 ->
+    # 64 x 128, kernel times, benchmarks/experiments/partial_row_tiles.py --round 5).
+    (64, True, "long"): ForwardConfig(64, 128, num_warps=4, num_stages=3),
     # Short rows read their block lists into registers (list_slots): 1.11-1.12x / 1.14-1.15x on
     # local(1k) & causal / butterfly(128) at 32k, two runs (benchmarks/short_rows.py, results/short_rows*.json).
     (64, True, "short"): ForwardConfig(128, 64, num_warps=4, num_stages=3, list_slots=16),

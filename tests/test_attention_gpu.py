@@ -65,6 +65,7 @@ CASES = [
     ("dense", 1, 2, 2, 4096, 3000, 128, torch.float16),
     ("causal", 1, 2, 1, 16384, 16384, 128, torch.bfloat16),
     ("causal", 1, 2, 2, 3000, 2048, 64, torch.float16),  # Lq > Lk: 952 rows with no key
+    ("causal", 1, 2, 1, 6000, 6000, 64, torch.bfloat16),  # long rows at D=64: the 64 x 128 forward tile
     ("local(256)+global(4)", 1, 4, 2, 8192, 8192, 128, torch.bfloat16),
     ("local(256)+global(4)", 2, 4, 1, 1000, 1000, 64, torch.float16),
     ("local(256)+global(4)", 1, 8, 1, 1, 16384, 128, torch.bfloat16),  # decoding, MQA
