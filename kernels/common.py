@@ -199,7 +199,9 @@ FORWARD_DEFAULTS = {
     (64, True, "dense"): ForwardConfig(128, 64, num_warps=8, num_stages=3),
     # Long rows at D=64 step 128 keys for 64 queries: causal 8k 1.93 -> 1.54 ms (8 warps 128 x 64 ->
     # 4 warps 128 x 64, first session), then 1.378 -> 1.249 ms, 32k 10.08 -> 9.80 (128 x 64 ->
-    # 64 x 128, kernel times, benchmarks/experiments/partial_row_tiles.py --round 5).
+    # 64 x 128, kernel times, benchmarks/experiments/partial_row_tiles.py --round 5). Through
+    # do_bench, which flushes L2, less: 1.388-1.395 -> 1.365 ms at 8k, 10.07-10.26 -> 10.01 at 32k
+    # (results/h200-full-4.json, h200-full-5.json -> causal_d64_22.json, different runs).
     (64, True, "long"): ForwardConfig(64, 128, num_warps=4, num_stages=3),
     # Short rows read their block lists into registers (list_slots): 1.11-1.12x / 1.14-1.15x on
     # local(1k) & causal / butterfly(128) at 32k, two runs (benchmarks/short_rows.py, results/short_rows*.json).
@@ -255,7 +257,8 @@ TWO_PER_SM_FORWARD = {(128, True): ForwardConfig(128, 64, num_warps=4, num_stage
 # 32 heads, two rounds, default (128 x 64, 4 warps, 3 stages, uint8 tiles) -> this
 # (benchmarks/experiments/partial_row_tiles.py, results/partial_row_tiles.json, _2.json):
 # local(1k) & causal 32k 0.882, 0.887 -> 0.824 ms (64 x 64 without spans 0.835, 0.835), 128k
-# 3.538, 3.583 -> 3.532 (without spans 3.340, 3.519). Rows of full blocks keep the default at D=64:
+# 3.538, 3.583 -> 3.532 (without spans 3.340, 3.519); through do_bench (L2 flushed) only 0.897 ->
+# 0.883 ms at 32k (h200-full-4 -> h200-full-5). Rows of full blocks keep the default at D=64:
 # 64-query tiles gain at 32k but lose at 128k, where each K/V block is read from DRAM twice as
 # often (butterfly(128) 0.770 -> 0.745 ms at 32k, 3.776 -> 3.960 at 128k).
 SHORT_SPAN_ROWS_FORWARD = {
