@@ -278,8 +278,7 @@ SHORT_SPAN_ROWS_FORWARD = {
 #            64 x 64 with spans 5.549), 32k 46.79 -> 41.65 (41.08); local(200) 32k D=64
 #            2.021 -> 1.711, D=128 1.549 -> 1.499.
 PARTIAL_SPAN_ROWS_FORWARD = {
-    (64, True): ForwardConfig(128, 64, num_warps=4, num_stages=3, key_spans=True),
-    (128, True): ForwardConfig(128, 64, num_warps=4, num_stages=3, key_spans=True),
+    key: ForwardConfig(128, 64, num_warps=4, num_stages=3, key_spans=True) for key in ((64, True), (128, True))
 }
 # D=64 backward of short rows whose rows and columns are all about as long (is_balanced), and of
 # partial-span rows: dK/dV steps of 32 queries over 64 keys, dQ 64 x 64, two stages. Same runs,

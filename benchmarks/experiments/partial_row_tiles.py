@@ -135,7 +135,7 @@ BACKWARD_2 = {
     64: _BACKWARD_2,
     128: {"64x128 8w 3s": BackwardConfig(64, 128, 128, 64, num_warps=8, num_stages=3), **_BACKWARD_2},
 }
-# Round 3: the new defaults (this session's partial-row rules) against the former ones on masks the rules now reach
+# Round 3: the new defaults (the fifteenth session's partial-row rules) against the former ones on masks the rules now reach
 # but rounds 1-2 did not measure: a band beside a sink column (long column, rows short, one wrapped
 # span a row) and a plain band, at D=64.
 CASES_3 = [
