@@ -663,15 +663,13 @@ def attention_backward(
             dq_pass()
             dkdv_pass()
         else:
-            _preprocess_kernel[(triton.cdiv(q_len, preprocess_block_m), batch * n_q_heads)](
-                out, dout, dlse_pointer, delta,
-                *out.stride(), *dout.stride(),
-                n_q_heads, q_len,
-                HAS_DLSE=dlse is not None,
-                HEAD_DIM=head_dim,
-                HEAD_DIM_PADDED=launch.head_dim_padded,
-                BLOCK_M=preprocess_block_m,
-            )  # fmt: skip
+            preprocess = launch.dkdv.launcher(
+                _preprocess_kernel,
+                key=("preprocess", preprocess_block_m),
+                grid=(triton.cdiv(q_len, preprocess_block_m), batch * n_q_heads),
+                constants=dict(HAS_DLSE=dlse is not None, HEAD_DIM=head_dim, HEAD_DIM_PADDED=launch.head_dim_padded, BLOCK_M=preprocess_block_m),
+            )
+            preprocess(out, dout, dlse_pointer, delta, *out.stride(), *dout.stride(), n_q_heads, q_len)
             if overlap_passes(q.device):
                 # dK/dV first (the longer programs), dQ beside it; the caller's stream then waits
                 # for both. Every tensor the side stream touches is alive until after that wait.
@@ -694,11 +692,10 @@ def _run_dkdv(run: LineLaunch, q, k, v, dout, lse, delta, dk, dv, mask_block_n: 
         dv_part = new_scratch(run.plan, batch * n_kv_heads, mask_block_n, padded, q.device)
     else:
         dk_part = dv_part = dk  # unused
-    _attention_backward_dkdv_kernel[run.grid](
+    run.launcher(_attention_backward_dkdv_kernel)(
         q_tiles, k, v, do_tiles, q, dout, lse, delta, dk, dv, dk_part, dv_part, *run.lists,
         *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(),
         n_kv_heads, batch * n_kv_heads, q_len, kv_len, *scales,
-        **run.constants,
     )  # fmt: skip
     if run.plan is not None:
         merge_sum(run.plan, (dk_part, dv_part), (dk, dv), mask_block_n)
@@ -711,11 +708,10 @@ def _run_dq(run: LineLaunch, q, k, v, dout, out, lse, delta, dlse, dq, mask_bloc
     batch, n_q_heads, q_len, _ = q.shape
     k_tiles, v_tiles = streamed_tiles(run.use_tma, run.streamed_rows, k, v)
     dq_part = dq if run.plan is None else new_scratch(run.plan, batch * n_q_heads, mask_block_m, padded, q.device)
-    _attention_backward_dq_kernel[run.grid](
+    run.launcher(_attention_backward_dq_kernel)(
         q, k_tiles, v_tiles, dout, k, v, lse, delta, dq, dq_part, out, dlse, *run.lists,
         *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(), *out.stride(),
         n_q_heads, batch * n_q_heads, q_len, k.shape[2], *scales, first_stored_row,
-        **run.constants,
     )  # fmt: skip
     if run.plan is not None:
         merge_sum(run.plan, (dq_part,), (dq,), mask_block_m, first_stored_row)

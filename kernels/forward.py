@@ -407,11 +407,10 @@ def attention_forward(
         out_part = lse_part = out  # unused
     k_tiles, v_tiles = streamed_tiles(launch.use_tma, launch.streamed_rows, k, v)
     with on_device_of(q):
-        _attention_forward_kernel[launch.grid](
+        launch.launcher(_attention_forward_kernel)(
             q, k_tiles, v_tiles, k, v, out, lse, out_part, lse_part, *launch.lists,
             *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride()[:2],
             n_q_heads, batch * n_q_heads, q_len, kv_len, scale * LOG2E, first_stored_row,
-            **launch.constants,
         )  # fmt: skip
         if plan is not None:
             merge_softmax(plan, out_part, lse_part, out, lse, mask.block_m, first_stored_row)

@@ -10,7 +10,8 @@ descriptors and launch.
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from operator import itemgetter
 
 import torch
 
@@ -76,6 +77,18 @@ class LineLaunch:
     streamed_rows: int  # rows of those tiles (their host descriptors' boxes)
     lists: tuple  # the mask's lists and the launch's items, in the kernels' argument order
     constants: dict  # constexprs and launch settings
+    # Per kernel (and extra key), its KernelLauncher: see :meth:`launcher`.
+    launchers: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def launcher(self, kernel, key=None, grid=None, constants=None) -> KernelLauncher:
+        """The :class:`KernelLauncher` of ``kernel`` for this launch: its grid and constants, or
+        ``grid`` and ``constants`` for a helper kernel of the launch (a merge), told apart by ``key``."""
+        launcher = self.launchers.get((kernel, key))
+        if launcher is None:
+            launcher = self.launchers[kernel, key] = KernelLauncher(
+                kernel, self.grid if grid is None else grid, self.constants if constants is None else constants
+            )
+        return launcher
 
 
 def line_launch(
@@ -112,3 +125,150 @@ def line_launch(
             **constants,
         ),
     )
+
+
+# ----------------------------------------------------------------------------- direct launches
+
+# Launch prepared kernels through their compiled handle after the first call (KernelLauncher).
+# False: every launch goes through Triton's ``kernel[grid](...)``. Benchmarks flip it for A/B runs.
+DIRECT_LAUNCH = True
+
+
+def _triton_runtime():
+    """Triton's current-device and current-stream functions and its runtime knobs (launch hooks),
+    or None where this Triton lacks them (then every launch goes through ``kernel[grid]``)."""
+    try:
+        from triton import knobs
+        from triton.runtime import driver
+
+        active = driver.active
+        return active.get_current_device, active.get_current_stream, knobs.runtime
+    except Exception:  # noqa: BLE001 - any missing piece means: no direct launches
+        return None
+
+
+_RUNTIME: tuple | None = None
+
+
+class KernelLauncher:
+    """Launches of one Triton kernel with one grid and one set of constexprs (a prepared launch's).
+
+    Triton's ``kernel[grid](*args, **constexprs)`` binds and specialises every argument on every
+    call: ~50 us of host time for our kernels' ~60 arguments on the H200's host, against ~12 us
+    for a 3-argument kernel (BENCHMARKS.md, tenth session), and small problems and the split
+    forward's three launches wait on that. What it specialises on is each argument's type, a
+    tensor's dtype and 16-byte alignment, an integer's value (i32 or i64, equal to 1, divisible by
+    16) and a descriptor's block shape. The first launch goes through ``kernel[grid]``, which
+    compiles and returns the compiled kernel; later launches whose arguments agree with that one
+    on all of it (:class:`_Specialisation`; integers and other non-float values compared exactly)
+    call the compiled kernel straight, with the arguments in the order Triton passes them (the
+    signature's, constexprs included). Any other launch goes through ``kernel[grid]`` again and
+    becomes the one compared against. So do launches under Triton's interpreter (CPU tests), with
+    a launch hook installed (a profiler such as Proton), or on another device.
+    """
+
+    def __init__(self, kernel, grid: tuple, constants: dict):
+        self.kernel = kernel
+        self.grid = tuple(grid)
+        self.constants = constants
+        self._direct: _DirectLaunch | None = None  # replaced whole, so threads see all of it or none
+
+    def __call__(self, *args) -> None:
+        direct = self._direct
+        if direct is not None and DIRECT_LAUNCH and direct.launch(args):
+            return
+        compiled = self.kernel[self.grid](*args, **self.constants)
+        self._direct = _DirectLaunch.of(self.kernel, compiled, self.grid, self.constants, args)
+
+
+class _DirectLaunch:
+    """A compiled kernel, how it was specialised, and how to launch it without Triton's binder."""
+
+    def __init__(self, compiled, grid: tuple, tail: tuple, specialisation: _Specialisation, device: int):
+        self.compiled, self.run, self.tail = compiled, compiled.run, tail
+        self.grid_xyz = (*grid, 1, 1)[:3]
+        self.specialisation, self.device = specialisation, device
+
+    @staticmethod
+    def of(kernel, compiled, grid: tuple, constants: dict, args: tuple) -> _DirectLaunch | None:
+        """The direct launch of ``compiled``, which ``kernel[grid](*args, **constants)`` returned,
+        or None where it cannot be launched directly."""
+        global _RUNTIME
+        if _RUNTIME is None:
+            _RUNTIME = _triton_runtime() or ()
+        if not _RUNTIME or not all(hasattr(compiled, name) for name in ("run", "function", "packed_metadata")):
+            return None  # the interpreter, or a Triton this module does not know
+        tail = _constexpr_tail(kernel, constants, len(args))
+        if tail is None:
+            return None
+        return _DirectLaunch(compiled, grid, tail, _Specialisation(args), _RUNTIME[0]())
+
+    def launch(self, args: tuple) -> bool:
+        """Launch with ``args`` and return True, or return False (nothing launched) where Triton
+        might specialise them differently or a hook or another device needs its own path."""
+        get_device, get_stream, knobs = _RUNTIME
+        device = get_device()
+        if device != self.device or knobs.launch_enter_hook is not None or knobs.launch_exit_hook is not None:
+            return False
+        if not self.specialisation.matches(args):
+            return False
+        x, y, z = self.grid_xyz
+        compiled = self.compiled
+        self.run(x, y, z, get_stream(device), compiled.function, compiled.packed_metadata, None, None, None, *args, *self.tail)
+        return True
+
+
+def _constexpr_tail(kernel, constants: dict, n_args: int) -> tuple | None:
+    """The values of ``kernel``'s parameters after its first ``n_args``, if all are constexprs
+    given in ``constants``; else None (a signature laid out otherwise)."""
+    params = getattr(kernel, "params", None)
+    if params is None or len(params) < n_args:
+        return None
+    tail = []
+    for param in params[n_args:]:
+        if not getattr(param, "is_constexpr", False) or param.name not in constants:
+            return None
+        tail.append(constants[param.name])
+    return tuple(tail)
+
+
+class _Specialisation:
+    """What Triton specialises a launch's positional arguments on, kept from one launch for
+    comparing others: every argument's type; each tensor's dtype and 16-byte alignment; each
+    tensor descriptor's base, shape, strides and block shape; every other non-float value exactly
+    (integers, bools, None). Floats are not specialised."""
+
+    def __init__(self, args: tuple):
+        self.kinds = tuple(map(type, args))
+        tensors = [i for i, arg in enumerate(args) if isinstance(arg, torch.Tensor)]
+        descriptors = [i for i, arg in enumerate(args) if _is_descriptor(arg)]
+        exact = [i for i, kind in enumerate(self.kinds) if kind is not float and i not in tensors and i not in descriptors]
+        self.tensors, self.descriptors, self.exact = _getter(tensors), _getter(descriptors), _getter(exact)
+        self.traits = self._traits(args)
+
+    def _traits(self, args: tuple) -> tuple:
+        tensors = tuple([(t.dtype, t.data_ptr() % 16 == 0) for t in self.tensors(args)])
+        descriptors = tuple(
+            [
+                (d.base.dtype, d.base.data_ptr() % 16 == 0, tuple(d.shape), tuple(d.strides), tuple(d.block_shape), getattr(d, "padding", None))
+                for d in self.descriptors(args)
+            ]
+        )
+        return tensors, descriptors, self.exact(args)
+
+    def matches(self, args: tuple) -> bool:
+        return tuple(map(type, args)) == self.kinds and self._traits(args) == self.traits
+
+
+def _is_descriptor(arg) -> bool:
+    return type(arg).__name__ == "TensorDescriptor"
+
+
+def _getter(positions: list):
+    """A function of an argument tuple giving the arguments at ``positions``, as a tuple."""
+    if not positions:
+        return lambda args: ()
+    if len(positions) == 1:
+        only = positions[0]
+        return lambda args: (args[only],)
+    return itemgetter(*positions)

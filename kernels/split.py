@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -69,6 +69,8 @@ class SplitPlan:
     merge_offsets: torch.Tensor
     merge_lines: torch.Tensor
     n_slots: int
+    # The merge kernels' launch.KernelLaunchers, by kernel, grid and constants.
+    merge_launchers: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def n_items(self) -> int:
@@ -372,10 +374,10 @@ def merge_softmax(plan: SplitPlan, out_part, lse_part, out, lse, mask_block: int
     from the slots, from ``first_stored_row`` on."""
     batch, n_heads, q_len, head_dim = out.shape
     rows, grid = _merge_grid(plan, mask_block, batch * n_heads)
-    _merge_softmax_kernel[grid](
+    constants = dict(HEAD_DIM=head_dim, HEAD_DIM_PADDED=out_part.shape[-1], MASK_BLOCK=mask_block, ROWS=rows)
+    _merge_launcher(plan, _merge_softmax_kernel, grid, constants)(
         out_part, lse_part, out, lse, plan.merge_offsets, plan.merge_lines,
         *out.stride(), *lse.stride()[:2], n_heads, batch * n_heads, q_len, first_stored_row,
-        HEAD_DIM=head_dim, HEAD_DIM_PADDED=out_part.shape[-1], MASK_BLOCK=mask_block, ROWS=rows,
     )  # fmt: skip
 
 
@@ -386,8 +388,19 @@ def merge_sum(plan: SplitPlan, parts: tuple, outs: tuple, mask_block: int, first
     batch, n_heads, length, head_dim = out.shape
     assert len(outs) == len(parts) in (1, 2) and all(o.shape == out.shape and o.stride() == out.stride() for o in outs)
     rows, grid = _merge_grid(plan, mask_block, batch * n_heads)
-    _merge_sum_kernel[grid](
+    constants = dict(HEAD_DIM=head_dim, HEAD_DIM_PADDED=parts[0].shape[-1], MASK_BLOCK=mask_block, ROWS=rows, PAIRS=len(outs))
+    _merge_launcher(plan, _merge_sum_kernel, grid, constants)(
         parts[0], out, parts[-1], outs[-1], plan.merge_offsets, plan.merge_lines,
         *out.stride(), n_heads, batch * n_heads, length, first_stored_row,
-        HEAD_DIM=head_dim, HEAD_DIM_PADDED=parts[0].shape[-1], MASK_BLOCK=mask_block, ROWS=rows, PAIRS=len(outs),
     )  # fmt: skip
+
+
+def _merge_launcher(plan: SplitPlan, kernel, grid: tuple, constants: dict):
+    """``plan``'s launch.KernelLauncher of a merge kernel with this grid and these constants."""
+    from .launch import KernelLauncher  # launch.py imports this module
+
+    key = (kernel, grid, *constants.items())
+    launcher = plan.merge_launchers.get(key)
+    if launcher is None:
+        launcher = plan.merge_launchers[key] = KernelLauncher(kernel, grid, constants)
+    return launcher

@@ -260,3 +260,46 @@ def test_long_lines_are_split_on_gpu():
     assert forward_plan is not None and forward_plan.n_split_lines >= 1
     for by_rows in (True, False):
         assert plan_for(backward_config, mask, Schedule(), 4, mask.device, by_rows) is not None
+
+
+@pytest.mark.parametrize("pattern, heads, full_rows_apart", [("local(256)+global(4)", 4, False), ("local(256)+global(4)", 8, True), ("causal", 4, False)])
+def test_direct_launches_give_the_bits_of_launches_through_triton(pattern, heads, full_rows_apart, monkeypatch):
+    """After a kernel's first launch the launchers call the compiled kernel straight, skipping
+    Triton's binder (launch.KernelLauncher). Forward and backward through ``kernel[grid]`` and then
+    directly give the same bits (the kernels are deterministic), and the direct path is taken: with
+    the split rows and columns and their merges (4 heads), the all-key rows apart on side streams
+    (8 heads), the preprocess kernel and dQ beside dK/dV (causal)."""
+    from sparseflash.kernels import full_rows, launch
+
+    if full_rows_apart:
+        monkeypatch.setattr(full_rows, "MIN_APART_WORK", 0)
+    direct = []
+    real_launch = launch._DirectLaunch.launch
+
+    def counted_launch(self, args):
+        done = real_launch(self, args)
+        direct.append(done)
+        return done
+
+    monkeypatch.setattr(launch._DirectLaunch, "launch", counted_launch)
+    q, k, v, dout, dlse = make_inputs(1, heads, 2, 8192, 8192, 128, torch.bfloat16, seed=5)
+    mask = sparseflash.compile_mask(pattern, 8192, device="cuda", cache=False)
+    run = lambda *t: attention(*t, mask, return_lse=True)  # noqa: E731
+    monkeypatch.setattr(launch, "DIRECT_LAUNCH", False)
+    through_triton = forward_and_grads(run, q, k, v, dout, dlse)
+    assert not direct
+    monkeypatch.setattr(launch, "DIRECT_LAUNCH", True)
+    for _ in range(2):
+        for name, a, b in zip(NAMES, through_triton, forward_and_grads(run, q, k, v, dout, dlse)):
+            assert torch.equal(a, b), f"{name}: a direct launch gave other bits"
+    launchers = [launcher for entry in launch._prepared[mask].values() for line in _line_launches(entry) for launcher in line.launchers.values()]
+    assert len(direct) >= 2 * len(launchers) >= 6 and all(direct), direct
+
+
+def _line_launches(prepared) -> list:
+    """The LineLaunches inside a prepared launch (a forward's LineLaunch or a backward's pair)."""
+    from sparseflash.kernels.launch import LineLaunch
+
+    if isinstance(prepared, LineLaunch):
+        return [prepared]
+    return [value for value in vars(prepared).values() if isinstance(value, LineLaunch)]
