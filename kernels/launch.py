@@ -162,9 +162,9 @@ class KernelLauncher:
     compiles and returns the compiled kernel; later launches whose arguments agree with that one
     on all of it (:class:`_Specialisation`; integers and other non-float values compared exactly)
     call the compiled kernel straight, with the arguments in the order Triton passes them (the
-    signature's, constexprs included). Any other launch goes through ``kernel[grid]`` again and
-    becomes the one compared against. So do launches under Triton's interpreter (CPU tests), with
-    a launch hook installed (a profiler such as Proton), or on another device.
+    signature's, constexprs included, with Triton's launch hooks and their metadata). Any other
+    launch goes through ``kernel[grid]`` again and becomes the one compared against. So do
+    launches under Triton's interpreter (CPU tests) and on another device.
     """
 
     def __init__(self, kernel, grid: tuple, constants: dict):
@@ -186,7 +186,7 @@ class _DirectLaunch:
 
     def __init__(self, compiled, grid: tuple, tail: tuple, specialisation: _Specialisation, device: int):
         self.compiled, self.run, self.tail = compiled, compiled.run, tail
-        self.grid_xyz = (*grid, 1, 1)[:3]
+        self.grid, self.grid_xyz = grid, (*grid, 1, 1)[:3]
         self.specialisation, self.device = specialisation, device
 
     @staticmethod
@@ -196,25 +196,39 @@ class _DirectLaunch:
         global _RUNTIME
         if _RUNTIME is None:
             _RUNTIME = _triton_runtime() or ()
-        if not _RUNTIME or not all(hasattr(compiled, name) for name in ("run", "function", "packed_metadata")):
+        if not _RUNTIME or not all(hasattr(compiled, name) for name in ("run", "function", "packed_metadata", "launch_metadata")):
             return None  # the interpreter, or a Triton this module does not know
         tail = _constexpr_tail(kernel, constants, len(args))
         if tail is None:
             return None
         return _DirectLaunch(compiled, grid, tail, _Specialisation(args), _RUNTIME[0]())
 
+    def refusal(self, args: tuple) -> str | None:
+        """Why :meth:`launch` would not launch with ``args`` (None: it would). For tests."""
+        device = _RUNTIME[0]()
+        if device != self.device:
+            return f"current device {device}, compiled on {self.device}"
+        if tuple(map(type, args)) != self.specialisation.kinds:
+            return f"argument types {tuple(map(type, args))} != {self.specialisation.kinds}"
+        for name, now, then in zip(("tensors", "descriptors", "values"), self.specialisation._traits(args), self.specialisation.traits):
+            if now != then:
+                return f"{name}: {now} != {then}"
+        return None
+
     def launch(self, args: tuple) -> bool:
         """Launch with ``args`` and return True, or return False (nothing launched) where Triton
-        might specialise them differently or a hook or another device needs its own path."""
+        might specialise them differently or the current device is another."""
         get_device, get_stream, knobs = _RUNTIME
         device = get_device()
-        if device != self.device or knobs.launch_enter_hook is not None or knobs.launch_exit_hook is not None:
+        if device != self.device or not self.specialisation.matches(args):
             return False
-        if not self.specialisation.matches(args):
-            return False
+        stream = get_stream(device)
+        compiled, everything = self.compiled, (*args, *self.tail)
+        # Launch metadata and hooks as Triton's own launch passes them (profilers such as Proton;
+        # Triton 3.6 keeps its hooks in chains that are never None).
+        metadata = compiled.launch_metadata(self.grid, stream, *everything)
         x, y, z = self.grid_xyz
-        compiled = self.compiled
-        self.run(x, y, z, get_stream(device), compiled.function, compiled.packed_metadata, None, None, None, *args, *self.tail)
+        self.run(x, y, z, stream, compiled.function, compiled.packed_metadata, metadata, knobs.launch_enter_hook, knobs.launch_exit_hook, *everything)
         return True
 
 

@@ -30,12 +30,16 @@ class StandInKernel:
     def __getitem__(self, grid):
         def launch_through_jit(*args, **constants):
             self.jit_launches.append((grid, args, constants))
-            return SimpleNamespace(run=self._run, function="function", packed_metadata="metadata")
+            return SimpleNamespace(run=self._run, function="function", packed_metadata="metadata", launch_metadata=self._launch_metadata)
 
         return launch_through_jit
 
     def _run(self, *launch_args):
         self.direct_launches.append(launch_args)
+
+    @staticmethod
+    def _launch_metadata(grid, stream, *args):
+        return ("launch metadata", grid, stream, len(args))
 
 
 PARAMS = [("X", False), ("Y", False), ("n", False), ("scale", False), ("BLOCK", True), ("FLAG", True)]
@@ -64,9 +68,9 @@ def test_later_launches_call_the_compiled_kernel_with_the_signature_order(runtim
     launcher(*second)
     assert len(kernel.jit_launches) == 1 and kernel.jit_launches[0][2] == CONSTANTS
     (direct,) = kernel.direct_launches
-    # grid padded to three, the stream of the current device, function, metadata, no hooks, then
-    # every parameter in signature order, constexprs included (as Triton passes them).
-    assert direct[:9] == (5, 2, 1, 1234, "function", "metadata", None, None, None)
+    # grid padded to three, the stream of the current device, function, metadata, launch metadata
+    # and hooks, then every parameter in signature order, constexprs included (as Triton passes them).
+    assert direct[:9] == (5, 2, 1, 1234, "function", "metadata", ("launch metadata", (5, 2), 1234, 6), None, None)
     assert direct[9:] == (*second, 64, False)
 
 
@@ -92,19 +96,28 @@ def test_a_launch_triton_would_specialise_otherwise_goes_through_triton(runtime,
     assert len(kernel.jit_launches) == 3
 
 
-def test_hooks_devices_and_the_switch_keep_launches_in_triton(runtime, monkeypatch):
+def test_launch_hooks_are_passed_on(runtime):
+    """A profiler's hooks (Proton's; Triton 3.6 always has hook chains) get what Triton's own
+    launch gives them."""
     kernel = StandInKernel(PARAMS)
     launcher = KernelLauncher(kernel, (5,), CONSTANTS)
     launcher(*arguments())
-    runtime.knobs.launch_enter_hook = print  # a profiler's hook wants Triton's launch metadata
+    runtime.knobs.launch_enter_hook, runtime.knobs.launch_exit_hook = print, repr
     launcher(*arguments())
-    runtime.knobs.launch_enter_hook = None
+    (direct,) = kernel.direct_launches
+    assert direct[7:9] == (print, repr)
+
+
+def test_another_device_and_the_switch_keep_launches_in_triton(runtime, monkeypatch):
+    kernel = StandInKernel(PARAMS)
+    launcher = KernelLauncher(kernel, (5,), CONSTANTS)
+    launcher(*arguments())
     runtime.device = 1  # the compiled kernel was loaded on device 0
     launcher(*arguments())
     runtime.device = 0
     monkeypatch.setattr(launch, "DIRECT_LAUNCH", False)
     launcher(*arguments())
-    assert len(kernel.jit_launches) == 4 and not kernel.direct_launches
+    assert len(kernel.jit_launches) == 3 and not kernel.direct_launches
 
 
 def test_no_direct_launch_without_a_compiled_kernel_or_a_known_signature(runtime):
