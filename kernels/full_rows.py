@@ -75,6 +75,9 @@ _splits: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 # with B=2 and 32 heads of 64 (29k blocks of half the work, 0.3 ms) the split read 0.740 ms
 # through do_bench against 0.40 whole, and at 2k 0.600 against 0.385 (results/h200-full-3.json
 # against h200-full-2.json): the size counts the head dim since a block's work does.
+# Re-measured with direct launches (launch.py; benchmarks/experiments/apart_threshold.py,
+# results/apart_threshold.json): apart still loses below the threshold, forward+backward by
+# 23-45% at 2k-16k, the forward by 29-41% at 8k-16k; only the 2k forward gains (1.23-1.31x).
 MIN_APART_WORK = 20000 * 128
 
 
