@@ -164,7 +164,8 @@ class KernelLauncher:
     call the compiled kernel straight, with the arguments in the order Triton passes them (the
     signature's, constexprs included, with Triton's launch hooks and their metadata). Any other
     launch goes through ``kernel[grid]`` again and becomes the one compared against. So do
-    launches under Triton's interpreter (CPU tests) and on another device.
+    launches under Triton's interpreter (CPU tests) and on another device. H200, N=256: a forward
+    launcher's host time 143 -> 65 us, a backward's 518 -> 229 us (BENCHMARKS.md, sixteenth session).
     """
 
     def __init__(self, kernel, grid: tuple, constants: dict):
