@@ -307,3 +307,26 @@ def test_direct_launches_give_the_bits_of_launches_through_triton(pattern, heads
             assert torch.equal(a, b), f"{name}: a direct launch gave other bits"
     # Every launch of both calls was direct: forward, backward, merges, side streams alike.
     assert per_call >= 3 and len(launches) == 3 * per_call and direct == [True] * (2 * per_call), (per_call, direct, refusals[:3])
+
+
+def test_cuda_graph_replays_direct_launches():
+    """A forward captured in a CUDA graph after warm-up (so its launches are direct) replays with
+    new inputs copied in place and gives the eager bits, for a split pattern and for dense."""
+    for pattern in ("local(256)+global(4)", "dense"):
+        q, k, v, _, _ = make_inputs(1, 4, 2, 4096, 4096, 128, torch.bfloat16, seed=7)
+        for _ in range(2):  # compile, then launch directly
+            attention(q, k, v, pattern)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            attention(q, k, v, pattern)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = attention(q, k, v, pattern)
+        fresh = make_inputs(1, 4, 2, 4096, 4096, 128, torch.bfloat16, seed=8)[:3]
+        for static, new in zip((q, k, v), fresh):
+            static.copy_(new)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(captured, attention(*fresh, pattern)), pattern
