@@ -204,14 +204,14 @@ class _DirectLaunch:
             return None
         return _DirectLaunch(compiled, grid, tail, _Specialisation(args), _RUNTIME[0]())
 
-    def refusal(self, args: tuple) -> str | None:
-        """Why :meth:`launch` would not launch with ``args`` (None: it would). For tests."""
-        device = _RUNTIME[0]()
+    def refusal(self, args: tuple, device: int) -> str | None:
+        """Why this compiled kernel must not be launched with ``args`` on ``device`` (None: it may)."""
         if device != self.device:
             return f"current device {device}, compiled on {self.device}"
-        if tuple(map(type, args)) != self.specialisation.kinds:
-            return f"argument types {tuple(map(type, args))} != {self.specialisation.kinds}"
-        for name, now, then in zip(("tensors", "descriptors", "values"), self.specialisation._traits(args), self.specialisation.traits):
+        kinds = tuple(map(type, args))
+        if kinds != self.specialisation.kinds:
+            return f"argument types {kinds} != {self.specialisation.kinds}"
+        for name, now, then in zip(("tensors", "descriptors", "values"), self.specialisation.traits_of(args), self.specialisation.traits):
             if now != then:
                 return f"{name}: {now} != {then}"
         return None
@@ -221,7 +221,7 @@ class _DirectLaunch:
         might specialise them differently or the current device is another."""
         get_device, get_stream, knobs = _RUNTIME
         device = get_device()
-        if device != self.device or not self.specialisation.matches(args):
+        if self.refusal(args, device) is not None:
             return False
         stream = get_stream(device)
         compiled, everything = self.compiled, (*args, *self.tail)
@@ -259,9 +259,10 @@ class _Specialisation:
         descriptors = [i for i, arg in enumerate(args) if _is_descriptor(arg)]
         exact = [i for i, kind in enumerate(self.kinds) if kind is not float and i not in tensors and i not in descriptors]
         self.tensors, self.descriptors, self.exact = _getter(tensors), _getter(descriptors), _getter(exact)
-        self.traits = self._traits(args)
+        self.traits = self.traits_of(args)
 
-    def _traits(self, args: tuple) -> tuple:
+    def traits_of(self, args: tuple) -> tuple:
+        """(tensors' traits, descriptors' traits, exact values) of ``args``, laid out as the kept launch's."""
         tensors = tuple([(t.dtype, t.data_ptr() % 16 == 0) for t in self.tensors(args)])
         descriptors = tuple(
             [
@@ -270,9 +271,6 @@ class _Specialisation:
             ]
         )
         return tensors, descriptors, self.exact(args)
-
-    def matches(self, args: tuple) -> bool:
-        return tuple(map(type, args)) == self.kinds and self._traits(args) == self.traits
 
 
 def _is_descriptor(arg) -> bool:

@@ -275,14 +275,13 @@ def test_direct_launches_give_the_bits_of_launches_through_triton(pattern, heads
         monkeypatch.setattr(full_rows, "MIN_APART_WORK", 0)
     direct = []
     real_launch = launch._DirectLaunch.launch
-
     refusals = []
 
     def counted_launch(self, args):
         done = real_launch(self, args)
         direct.append(done)
         if not done:
-            refusals.append(self.refusal(args))
+            refusals.append(self.refusal(args, torch.cuda.current_device()))
         return done
 
     monkeypatch.setattr(launch._DirectLaunch, "launch", counted_launch)

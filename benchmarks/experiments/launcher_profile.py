@@ -9,24 +9,19 @@ from __future__ import annotations
 import cProfile
 import pstats
 import sys
-import time
+from pathlib import Path
 
 import torch
 
-import sparseflash
-from sparseflash.kernels.backward import attention_backward
-from sparseflash.kernels.forward import attention_forward
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import sparseflash  # noqa: E402
+from host_overhead import host_microseconds  # noqa: E402
+from sparseflash.kernels.backward import attention_backward  # noqa: E402
+from sparseflash.kernels.forward import attention_forward  # noqa: E402
 
 
 def profile(name: str, fn, calls: int = 500, lines: int = 22) -> None:
-    for _ in range(20):
-        fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    torch.cuda.synchronize()
-    print(f"\n== {name}: {(time.perf_counter() - start) / calls * 1e6:.1f} us per call unprofiled")
+    print(f"\n== {name}: {host_microseconds(fn, calls):.1f} us per call unprofiled")
     profiler = cProfile.Profile()
     profiler.enable()
     for _ in range(calls):
