@@ -17,6 +17,7 @@ Offsets: batch and head offsets, and a tile's first row, are multiplied out in i
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from dataclasses import dataclass, replace
 
@@ -294,6 +295,42 @@ PARTIAL_SPAN_ROWS_BACKWARD = {
     (128, True): BackwardConfig(64, 64, 64, 64, num_warps=4, num_stages=2, key_spans=True),
 }
 
+# GPUs with less shared memory a block than the H100/H200's 227 KB. The tables above are the
+# H200's and fit the A100's 163 KB too (its largest, the D=128 dense forward, needs 160 KB), but
+# not the 99 KB of the RTX 30xx/40xx/50xx, A10, A40, L4 and L40 (sm_86/89/120): there the D=128
+# dense and long-row tiles need 96-160 KB and the D=128 causal dK/dV 100 KB even with one stage,
+# and every D=256 dK/dV 112 KB. Below SMALL_SHARED_MEMORY these tiles replace them, for every row
+# class: the tuned shapes with the streamed tile (keys in the forward and dQ, queries in dK/dV)
+# halved, so two stages fit where one did not. Fitted by cross-compiling for sm_86
+# (benchmarks/experiments/shared_memory_fit.py, results/shared_memory_fit_sm86.txt: 70-88 KB);
+# not timed on such a GPU (none to hand). A config still too large for a GPU loses stages at its
+# first launch (launch.fewer_stages).
+SMALL_SHARED_MEMORY = 160 * 1024
+SMALL_SHARED_FORWARD = {
+    (128, True): ForwardConfig(128, 64, num_warps=8, num_stages=2),
+    (256, True): ForwardConfig(64, 32, num_warps=4, num_stages=2),
+}
+SMALL_SHARED_BACKWARD = {
+    (128, True): BackwardConfig(32, 128, 128, 32, num_warps=8, num_stages=2),
+    (256, True): BackwardConfig(16, 64, 64, 16, num_warps=8, num_stages=1),
+}
+
+
+def shared_memory_per_block(device: torch.device) -> int | None:
+    """The shared memory a kernel's block may use on ``device`` (bytes, as Triton checks it at a
+    kernel's first launch), or None off CUDA (the interpreter: the tables are the H200's)."""
+    if device.type != "cuda":
+        return None
+    return _shared_memory_per_block(torch.cuda.current_device() if device.index is None else device.index)
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_memory_per_block(index: int) -> int:
+    from triton.runtime import driver
+
+    return driver.active.utils.get_device_properties(index)["max_shared_mem"]
+
+
 # Rows with at least this many keys in non-empty blocks on average count as long (16 blocks of 128).
 # Counted in keys, not blocks: 64x64 masks of `local(1k) & causal` once crossed a 16-block line
 # and ran 2x slower on the long-row tiles.
@@ -415,11 +452,14 @@ def partial_span_rows(mask) -> bool:
     )
 
 
-def default_forward_config(head_dim_padded, dtype, mask) -> ForwardConfig:
-    """The measured forward tiles for this mask (tables above), clamped to its blocks and lengths."""
+def default_forward_config(head_dim_padded, dtype, mask, shared_memory: int | None = None) -> ForwardConfig:
+    """The measured forward tiles for this mask (tables above), clamped to its blocks and lengths;
+    ``shared_memory``: the GPU's a block (:func:`shared_memory_per_block`), None for the H200's."""
     key = _table_key(head_dim_padded, dtype, row_class(mask))
     base = FORWARD_DEFAULTS[key]
-    if partial_span_rows(mask):
+    if shared_memory is not None and shared_memory < SMALL_SHARED_MEMORY and key[:2] in SMALL_SHARED_FORWARD:
+        base = SMALL_SHARED_FORWARD[key[:2]]
+    elif partial_span_rows(mask):
         base = PARTIAL_SPAN_ROWS_FORWARD.get(key[:2], base)
     elif key[2] == "short" and not has_long_lines(mask, by_rows=True):
         if mask.n_partial == 0:
@@ -433,11 +473,14 @@ def default_forward_config(head_dim_padded, dtype, mask) -> ForwardConfig:
     )
 
 
-def default_backward_config(head_dim_padded, dtype, mask) -> BackwardConfig:
-    """The measured backward tiles for this mask (tables above), clamped to its blocks and lengths."""
+def default_backward_config(head_dim_padded, dtype, mask, shared_memory: int | None = None) -> BackwardConfig:
+    """The measured backward tiles for this mask (tables above), clamped to its blocks and lengths;
+    ``shared_memory`` as for :func:`default_forward_config`."""
     key = _table_key(head_dim_padded, dtype, row_class(mask))
     base = BACKWARD_DEFAULTS[key]
-    if partial_span_rows(mask):
+    if shared_memory is not None and shared_memory < SMALL_SHARED_MEMORY and key[:2] in SMALL_SHARED_BACKWARD:
+        base = SMALL_SHARED_BACKWARD[key[:2]]
+    elif partial_span_rows(mask):
         base = PARTIAL_SPAN_ROWS_BACKWARD.get(key[:2], base)
     elif key[2] == "short" and is_balanced(mask, by_rows=True) and is_balanced(mask, by_rows=False):
         base = EVEN_ROWS_BACKWARD.get(key[:2], base)

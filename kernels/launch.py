@@ -9,11 +9,13 @@ descriptors and launch.
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from dataclasses import dataclass, field, replace
 from operator import itemgetter
 
 import torch
+import triton
 
 from .common import (
     auto_schedule,
@@ -178,8 +180,44 @@ class KernelLauncher:
         direct = self._direct
         if direct is not None and DIRECT_LAUNCH and direct.launch(args):
             return
-        compiled = self.kernel[self.grid](*args, **self.constants)
+        compiled = self._launch_through_triton(args)
         self._direct = _DirectLaunch.of(self.kernel, compiled, self.grid, self.constants, args)
+
+    def _launch_through_triton(self, args: tuple):
+        """``kernel[grid](*args, **constants)``, with fewer pipeline stages while the compiled
+        kernel needs more shared memory than the GPU has (see :func:`fewer_stages`)."""
+        while True:
+            try:
+                return self.kernel[self.grid](*args, **self.constants)
+            except triton.OutOfResources as error:
+                self.constants = fewer_stages(self.kernel, self.constants, error)
+
+
+def fewer_stages(kernel, constants: dict, error) -> dict:
+    """``constants`` with one pipeline stage fewer, after ``error`` (Triton's OutOfResources)
+    refused a kernel compiled with them; re-raises it, naming the tiles, when one stage did not fit.
+
+    The default tiles are the H200's (227 KB of shared memory a block). Stages multiply the shared
+    memory of the tiles a loop streams, and Triton checks the total against the GPU only when the
+    kernel first launches, so a GPU with less (A100: 163 KB; RTX 30xx/40xx, L4, L40: 99 KB) gets
+    the same tiles with fewer stages: slower than tuned, same results. Cross-compiled for sm_86
+    (benchmarks/experiments/shared_memory_fit.py), the D=128 dense forward needs 160 KB at three
+    stages and fits at two.
+    """
+    stages = constants.get("num_stages", 3)
+    name = getattr(kernel, "__name__", None) or getattr(getattr(kernel, "fn", None), "__name__", "kernel")
+    if getattr(error, "name", None) != "shared memory" or stages <= 1:
+        tiles = ", ".join(f"{key}={value}" for key, value in constants.items() if key.startswith("BLOCK") or key.startswith("num_"))
+        raise triton.OutOfResources(
+            error.required, error.limit, f"{error.name} (sparseflash: {name} with {tiles}; no fewer stages to try)"
+        ) from error
+    fewer = {**constants, "num_stages": stages - 1}
+    warnings.warn(
+        f"sparseflash: {name} needs {error.required / 1024:.0f} KB of shared memory with {stages} pipeline stages, "
+        f"more than this GPU's {error.limit / 1024:.0f} KB; trying {stages - 1} (correct, slower than the tuned tiles)",
+        stacklevel=4,
+    )
+    return fewer
 
 
 class _DirectLaunch:

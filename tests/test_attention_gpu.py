@@ -238,6 +238,51 @@ def test_full_rows_apart_on_gpu(monkeypatch):
     check_case(_case_id(case) + " apart", lambda *t: attention(*t, mask, return_lse=True), q, k, v, dout, dlse, allowed)
 
 
+@pytest.fixture
+def fresh_launches():
+    """Launches prepared anew and forgotten after the test, for tests that change what they read
+    besides the mask and the layout (the tables, the GPU's shared memory)."""
+    from sparseflash.kernels.launch import clear_prepared_launches
+
+    clear_prepared_launches()
+    yield
+    clear_prepared_launches()
+
+
+@pytest.mark.parametrize("case", [("causal", 1, 2, 1, 3000, 3000, 128, torch.bfloat16), ("chunk(512) + sink(4)", 1, 2, 2, 2048, 2048, 256, torch.bfloat16)], ids=_case_id)
+def test_tiles_for_gpus_with_less_shared_memory(case, monkeypatch, fresh_launches):
+    """common.SMALL_SHARED_* (for 99 KB GPUs, fitted by cross-compiling for sm_86) run here as the
+    launchers pick them there, against the oracle."""
+    import sparseflash.kernels.backward as backward_kernels
+    import sparseflash.kernels.forward as forward_kernels
+
+    for module in (forward_kernels, backward_kernels):
+        monkeypatch.setattr(module, "shared_memory_per_block", lambda device: 99 * 1024)
+    q, k, v, dout, dlse = make_inputs(*case[1:], seed=17)
+    allowed = sparseflash.parse(case[0]).dense_mask(case[4], case[5], device="cuda")
+    check_case(_case_id(case) + " 99KB tiles", lambda *t: attention(*t, case[0], return_lse=True), q, k, v, dout, dlse, allowed)
+
+
+def test_tiles_over_the_gpus_shared_memory_run_with_fewer_stages(monkeypatch, fresh_launches):
+    """A default config needing more shared memory than this GPU has (here: 5 and 8 stages of the
+    dense D=128 tiles, over the H200's 227 KB) gets fewer stages at its first launch, with a
+    warning, and the right results (launch.fewer_stages)."""
+    from dataclasses import replace
+
+    from sparseflash.kernels import common
+
+    key = (128, True, "dense")
+    monkeypatch.setitem(common.FORWARD_DEFAULTS, key, replace(common.FORWARD_DEFAULTS[key], num_stages=5))
+    monkeypatch.setitem(common.BACKWARD_DEFAULTS, key, replace(common.BACKWARD_DEFAULTS[key], num_stages=8))
+    case = ("dense", 1, 2, 2, 2000, 2000, 128, torch.bfloat16)
+    q, k, v, dout, dlse = make_inputs(*case[1:], seed=19)
+    allowed = sparseflash.parse("dense").dense_mask(2000, 2000, device="cuda")
+    with pytest.warns(UserWarning, match="shared memory with [58] pipeline stages") as warned:
+        check_case(_case_id(case) + " too many stages", lambda *t: attention(*t, "dense", return_lse=True), q, k, v, dout, dlse, allowed)
+    messages = [str(w.message) for w in warned]
+    assert any("_attention_forward_kernel" in m for m in messages) and any("_attention_backward_dkdv_kernel" in m for m in messages), messages
+
+
 def test_deterministic_backward_on_gpu():
     q, k, v, dout, dlse = make_inputs(1, 8, 2, 4096, 4096, 128, torch.bfloat16, seed=3)
     run = lambda *t: attention(*t, "local(256)+global(4)", return_lse=True)  # noqa: E731

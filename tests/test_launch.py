@@ -5,6 +5,7 @@ has no compiled kernel, so the launcher is tested here against a stand-in kernel
 it was called, and the real kernels' signatures are checked against the real call sites. The GPU
 tier (test_attention_gpu.py) checks that direct launches happen and give the same bits."""
 
+import contextlib
 from types import SimpleNamespace
 
 import pytest
@@ -12,7 +13,7 @@ import torch
 
 import sparseflash
 
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
 from triton.runtime.jit import JITFunction  # noqa: E402
 
 import sparseflash.kernels.launch as launch  # noqa: E402
@@ -137,6 +138,56 @@ def test_no_direct_launch_without_a_compiled_kernel_or_a_known_signature(runtime
     launcher(*arguments())
     launcher(*arguments())
     assert len(odd.jit_launches) == 2 and not odd.direct_launches
+
+
+class OversizedKernel(StandInKernel):
+    """A stand-in whose compiled kernel needs ``per_stage`` bytes of ``resource`` a pipeline
+    stage, refused at its first launch above ``limit`` as Triton refuses it on a GPU."""
+
+    def __init__(self, params, per_stage, limit, resource="shared memory"):
+        super().__init__(params)
+        self.per_stage, self.limit, self.resource, self.refused = per_stage, limit, resource, []
+
+    def __getitem__(self, grid):
+        launch_through_jit = super().__getitem__(grid)
+
+        def launch_or_refuse(*args, **constants):
+            need = self.per_stage * constants["num_stages"]
+            if need > self.limit:
+                self.refused.append(constants["num_stages"])
+                raise triton.OutOfResources(need, self.limit, self.resource)
+            return launch_through_jit(*args, **constants)
+
+        return launch_or_refuse
+
+
+def test_a_kernel_over_the_gpus_shared_memory_runs_with_fewer_stages(runtime):
+    """Tiles tuned on the H200 (227 KB a block) need fewer stages on a GPU with 99 KB."""
+    kernel = OversizedKernel(PARAMS, per_stage=40 * 1024, limit=99 * 1024)
+    launcher = KernelLauncher(kernel, (5,), {**CONSTANTS, "num_stages": 4})
+    with pytest.warns(UserWarning) as warned:
+        launcher(*arguments())
+    assert [str(w.message).split(": ", 1)[1] for w in warned] == [
+        "kernel needs 160 KB of shared memory with 4 pipeline stages, more than this GPU's 99 KB; trying 3 (correct, slower than the tuned tiles)",
+        "kernel needs 120 KB of shared memory with 3 pipeline stages, more than this GPU's 99 KB; trying 2 (correct, slower than the tuned tiles)",
+    ]
+    assert kernel.refused == [4, 3]
+    assert [constants["num_stages"] for _, _, constants in kernel.jit_launches] == [2]
+    assert launcher.constants == {**CONSTANTS, "num_stages": 2}
+    launcher(*arguments())  # later launches are direct, with the stages that fit
+    assert len(kernel.jit_launches) == 1 and len(kernel.direct_launches) == 1 and kernel.refused == [4, 3]
+
+
+@pytest.mark.parametrize("resource, refused", [("shared memory", [2, 1]), ("threads", [2])])
+def test_a_kernel_that_does_not_fit_raises_naming_its_tiles(runtime, resource, refused):
+    """One stage too large, or a resource stages do not change: Triton's error, with the kernel's
+    tiles and launch settings added."""
+    kernel = OversizedKernel(PARAMS, per_stage=200 * 1024, limit=99 * 1024, resource=resource)
+    launcher = KernelLauncher(kernel, (5,), CONSTANTS)
+    with pytest.warns(UserWarning) if len(refused) > 1 else contextlib.nullcontext():
+        with pytest.raises(triton.OutOfResources, match=f"{resource} \\(sparseflash: kernel with BLOCK=64, num_warps=4, num_stages={refused[-1]};"):
+            launcher(*arguments())
+    assert kernel.refused == refused and not kernel.jit_launches
 
 
 def test_the_real_kernels_take_every_parameter_from_their_call_sites(monkeypatch):

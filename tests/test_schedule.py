@@ -346,6 +346,26 @@ def test_short_rows_get_the_two_per_sm_forward_where_measured_faster(pattern, tw
     assert default_forward_config(128, torch.float32, mask) != wanted[128, True]
 
 
+@pytest.mark.parametrize("pattern", ["dense", "causal", "local(1k) & causal", "butterfly(128)", "strided(256)+local(128)", "local(256)+global(4)"])
+def test_gpus_with_less_shared_memory_take_tiles_that_fit_it(pattern):
+    """Below 160 KB a block (RTX 30xx/40xx, L4, L40: 99 KB) D=128 and D=256 take
+    common.SMALL_SHARED_*, whatever the rows; D=64, float32, the A100 (163 KB) and the H200
+    (227 KB) keep the tuned tables, which is also what the interpreter (no GPU) gets."""
+    from sparseflash.kernels import common
+
+    mask = sparseflash.compile_mask(pattern, 32768)
+    for head_dim in (128, 256):
+        for pick, small in ((common.default_forward_config, common.SMALL_SHARED_FORWARD), (common.default_backward_config, common.SMALL_SHARED_BACKWARD)):
+            assert pick(head_dim, torch.bfloat16, mask, 99 * 1024) == small[head_dim, True]
+            for shared_memory in (None, 163 * 1024, 227 * 1024):
+                assert pick(head_dim, torch.bfloat16, mask, shared_memory) == pick(head_dim, torch.bfloat16, mask)
+            assert pick(head_dim, torch.bfloat16, mask) != small[head_dim, True]
+    for head_dim, dtype in ((64, torch.bfloat16), (128, torch.float32)):
+        assert common.default_forward_config(head_dim, dtype, mask, 99 * 1024) == common.default_forward_config(head_dim, dtype, mask)
+        assert common.default_backward_config(head_dim, dtype, mask, 99 * 1024) == common.default_backward_config(head_dim, dtype, mask)
+    assert common.shared_memory_per_block(torch.device("cpu")) is None
+
+
 # The measured tile rules for rows of partial blocks with one key span a row (common.PARTIAL_SPAN_ROWS_*),
 # and at D=64 for short rows: the forward's SHORT_SPAN_ROWS_FORWARD (rows not long, partial blocks
 # of one span) and the backward's EVEN_ROWS_BACKWARD (rows and columns balanced; the same entry as
