@@ -857,6 +857,10 @@ def _prepare_dq(config: BackwardConfig, common: dict, mask, q, k, v, dout, delta
             HAS_NARROW=not mask.is_dense and mask.narrow_row_blocks + mask.across_row_blocks > 0,
             DELTA_HERE=delta_here,
             HAS_DLSE=has_dlse,
-            **common,
+            **{
+                **common,
+                "num_warps": config.dq_num_warps or config.num_warps,
+                "num_stages": config.dq_num_stages or config.num_stages,
+            },
         ),
     )  # fmt: skip

@@ -183,6 +183,8 @@ class BackwardConfig:
     split_blocks: int | None = None  # split lines longer than this (split.py); None: auto, 0: never
     tma: bool | str | None = None  # tile loads through tensor descriptors: None auto, False, True/'host', 'device' (tma_mode)
     key_spans: bool = False  # mask partial steps by the mask's key spans where it has them, not by loading tiles
+    dq_num_warps: int | None = None  # the dQ kernel's, where not num_warps
+    dq_num_stages: int | None = None  # the dQ kernel's, where not num_stages
 
 
 def key_span_count(config, mask) -> int:

@@ -34,6 +34,7 @@ from sm90_resources import _CompileOnlyDriver  # noqa: E402
 import sparseflash  # noqa: E402
 import sparseflash.kernels.backward as backward_module  # noqa: E402
 import sparseflash.kernels.forward as forward_module  # noqa: E402
+import sparseflash.kernels.full_rows as full_rows  # noqa: E402
 from sparseflash.kernels.backward import attention_backward  # noqa: E402
 from sparseflash.kernels.forward import attention_forward  # noqa: E402
 
@@ -90,6 +91,7 @@ def main() -> None:
             return GPUTarget("cuda", args.arch, 32)
 
     driver.set_active(Target())
+    full_rows.MIN_APART_WORK = 0  # the all-key rows of global(g) apart whatever the size, so their kernels compile too
     if not args.tuned:  # the launchers pick tiles for this much shared memory, as on that GPU
         for module in (forward_module, backward_module):
             module.shared_memory_per_block = lambda device: limit
