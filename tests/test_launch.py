@@ -222,3 +222,20 @@ def test_the_real_kernels_take_every_parameter_from_their_call_sites(monkeypatch
     }
     assert set(seen) == names
     assert all(tail is not None for tail in seen.values()), seen
+
+
+def test_the_dq_kernel_may_take_its_own_warps_and_stages():
+    """BackwardConfig.dq_num_warps / dq_num_stages reach the dQ launch only; unset, both kernels
+    share num_warps / num_stages."""
+    from sparseflash.kernels import backward
+    from sparseflash.kernels.common import BackwardConfig
+
+    q, k, v, dout = (torch.zeros(1, 2, 64, 16) for _ in range(4))
+    mask = sparseflash.compile_mask("causal", 64, block_m=16, block_n=16, cache=False)
+    for config, dkdv, dq in (
+        (BackwardConfig(16, 16, 16, 16, 8, 3, dq_num_warps=4, dq_num_stages=2), (8, 3), (4, 2)),
+        (BackwardConfig(16, 16, 16, 16, 8, 3), (8, 3), (8, 3)),
+    ):
+        prepared = backward._prepare_backward(q, k, v, dout, mask, False, config, has_dlse=False)
+        assert (prepared.dkdv.constants["num_warps"], prepared.dkdv.constants["num_stages"]) == dkdv
+        assert (prepared.dq.constants["num_warps"], prepared.dq.constants["num_stages"]) == dq
