@@ -804,7 +804,7 @@ def _backward_common(q, k, v, dout, mask, allow_tf32: bool, config: BackwardConf
     n_kv_heads = k.shape[1]
     padded = head_dim_padded(head_dim)
     if config is None:
-        config = default_backward_config(padded, q.dtype, mask, shared_memory_per_block(q.device))
+        config = default_backward_config(padded, q.dtype, mask, shared_memory_per_block(q.device), q.device)
     for name, tile, mask_block in (
         ("block_m1", config.block_m1, mask.block_m),
         ("block_n1", config.block_n1, mask.block_n),

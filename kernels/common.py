@@ -454,20 +454,48 @@ def partial_span_rows(mask) -> bool:
     )
 
 
-def default_forward_config(head_dim_padded, dtype, mask, shared_memory: int | None = None) -> ForwardConfig:
-    """The measured forward tiles for this mask (tables above), clamped to its blocks and lengths;
-    ``shared_memory``: the GPU's a block (:func:`shared_memory_per_block`), None for the H200's."""
+def forward_table_entry(head_dim_padded, dtype, mask, shared_memory: int | None = None) -> tuple[str, ForwardConfig]:
+    """Which entry of the tables above the forward of this mask takes: its name (what
+    :mod:`.tuning` caches tuned tiles under) and its config, before clamping to the mask."""
     key = _table_key(head_dim_padded, dtype, row_class(mask))
-    base = FORWARD_DEFAULTS[key]
+    rule, base = key[2], FORWARD_DEFAULTS[key]
     if shared_memory is not None and shared_memory < SMALL_SHARED_MEMORY and key[:2] in SMALL_SHARED_FORWARD:
-        base = SMALL_SHARED_FORWARD[key[:2]]
-    elif partial_span_rows(mask):
-        base = PARTIAL_SPAN_ROWS_FORWARD.get(key[:2], base)
+        rule, base = "small_shared", SMALL_SHARED_FORWARD[key[:2]]
+    elif partial_span_rows(mask) and key[:2] in PARTIAL_SPAN_ROWS_FORWARD:
+        rule, base = "partial_spans", PARTIAL_SPAN_ROWS_FORWARD[key[:2]]
     elif key[2] == "short" and not has_long_lines(mask, by_rows=True):
-        if mask.n_partial == 0:
-            base = TWO_PER_SM_FORWARD.get(key[:2], base)
-        elif mask.key_spans == 1:
-            base = SHORT_SPAN_ROWS_FORWARD.get(key[:2], base)
+        if mask.n_partial == 0 and key[:2] in TWO_PER_SM_FORWARD:
+            rule, base = "two_per_sm", TWO_PER_SM_FORWARD[key[:2]]
+        elif mask.n_partial > 0 and mask.key_spans == 1 and key[:2] in SHORT_SPAN_ROWS_FORWARD:
+            rule, base = "short_spans", SHORT_SPAN_ROWS_FORWARD[key[:2]]
+    return _entry_name("forward", key, rule), base
+
+
+def backward_table_entry(head_dim_padded, dtype, mask, shared_memory: int | None = None) -> tuple[str, BackwardConfig]:
+    """As :func:`forward_table_entry`, for the backward."""
+    key = _table_key(head_dim_padded, dtype, row_class(mask))
+    rule, base = key[2], BACKWARD_DEFAULTS[key]
+    if shared_memory is not None and shared_memory < SMALL_SHARED_MEMORY and key[:2] in SMALL_SHARED_BACKWARD:
+        rule, base = "small_shared", SMALL_SHARED_BACKWARD[key[:2]]
+    elif partial_span_rows(mask) and key[:2] in PARTIAL_SPAN_ROWS_BACKWARD:
+        rule, base = "partial_spans", PARTIAL_SPAN_ROWS_BACKWARD[key[:2]]
+    elif key[2] == "short" and is_balanced(mask, by_rows=True) and is_balanced(mask, by_rows=False) and key[:2] in EVEN_ROWS_BACKWARD:
+        rule, base = "even_rows", EVEN_ROWS_BACKWARD[key[:2]]
+    return _entry_name("backward", key, rule), base
+
+
+def _entry_name(kind: str, key: tuple, rule: str) -> str:
+    return f"{kind} D{key[0]} {'16-bit' if key[1] else 'float32'} {rule}"
+
+
+def default_forward_config(head_dim_padded, dtype, mask, shared_memory: int | None = None, device: torch.device | None = None) -> ForwardConfig:
+    """The measured forward tiles for this mask (tables above), or those ``sparseflash tune`` kept
+    for this entry on ``device``'s GPU (:mod:`.tuning`), clamped to its blocks and lengths;
+    ``shared_memory``: the GPU's a block (:func:`shared_memory_per_block`), None for the H200's."""
+    from . import tuning
+
+    entry, base = forward_table_entry(head_dim_padded, dtype, mask, shared_memory)
+    base = tuning.choice(entry, base, device)
     return replace(
         base,
         block_m=fit_tile(base.block_m, mask.block_m, mask.q_len),
@@ -475,17 +503,12 @@ def default_forward_config(head_dim_padded, dtype, mask, shared_memory: int | No
     )
 
 
-def default_backward_config(head_dim_padded, dtype, mask, shared_memory: int | None = None) -> BackwardConfig:
-    """The measured backward tiles for this mask (tables above), clamped to its blocks and lengths;
-    ``shared_memory`` as for :func:`default_forward_config`."""
-    key = _table_key(head_dim_padded, dtype, row_class(mask))
-    base = BACKWARD_DEFAULTS[key]
-    if shared_memory is not None and shared_memory < SMALL_SHARED_MEMORY and key[:2] in SMALL_SHARED_BACKWARD:
-        base = SMALL_SHARED_BACKWARD[key[:2]]
-    elif partial_span_rows(mask):
-        base = PARTIAL_SPAN_ROWS_BACKWARD.get(key[:2], base)
-    elif key[2] == "short" and is_balanced(mask, by_rows=True) and is_balanced(mask, by_rows=False):
-        base = EVEN_ROWS_BACKWARD.get(key[:2], base)
+def default_backward_config(head_dim_padded, dtype, mask, shared_memory: int | None = None, device: torch.device | None = None) -> BackwardConfig:
+    """As :func:`default_forward_config`, for the backward."""
+    from . import tuning
+
+    entry, base = backward_table_entry(head_dim_padded, dtype, mask, shared_memory)
+    base = tuning.choice(entry, base, device)
     return replace(
         base,
         block_m1=fit_tile(base.block_m1, mask.block_m, mask.q_len),

@@ -455,7 +455,7 @@ def _prepare_forward(q, k, v, mask, allow_tf32: bool, config: ForwardConfig | No
     n_kv_heads = k.shape[1]
     padded = head_dim_padded(head_dim)
     if config is None:
-        config = default_forward_config(padded, q.dtype, mask, shared_memory_per_block(q.device))
+        config = default_forward_config(padded, q.dtype, mask, shared_memory_per_block(q.device), q.device)
     if config.list_slots and (config.list_slots < 1 or config.list_slots & (config.list_slots - 1)):
         raise ValueError(f"list_slots={config.list_slots}: must be a power of two (a register vector), or 0/None for none")
     check_tile("block_m", config.block_m, mask.block_m, mask.is_dense)

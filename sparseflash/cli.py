@@ -6,9 +6,11 @@
     sparseflash show "local(512) & causal" --len 1M --ascii
     sparseflash stats "chunk(1k)+sink(4)" --len 1M --json
     sparseflash explain "local(256)+global(4)" --len 4k --block 5,0
+    sparseflash tune "local(1k) & causal" --len 32k --head-dim 128 --heads 16   # on a GPU
 
 Lengths take a ``k`` (×1024) or ``M`` (×1024²) suffix. Exit status: 0 on success, 2 for a bad
 pattern or a bad option (the message says which), 1 when matplotlib is missing for a picture.
+``tune`` needs a CUDA GPU (exit 2 without one).
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"sparseflash {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{show,stats,explain}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{show,stats,explain,tune}")
 
     show = commands.add_parser(
         "show", help="draw the block mask (PNG/SVG/PDF, or text with --ascii)",
@@ -139,6 +141,24 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--block", dest="block_index", type=_block_index, required=True, metavar="I,J",
                          help="query block I and key block J (0-based, as in `show --ascii`)")
     explain.add_argument("--json", action="store_true", help="print a JSON object")  # fmt: skip
+
+    tune = commands.add_parser(
+        "tune", help="time kernel tiles for one problem on this GPU and keep the fastest",
+        description="Run attention over PATTERN once to see which entries of the tuned tables it uses, "
+                    "time candidate tiles, warps and stages around each on this GPU, and keep the fastest "
+                    "(if 2%% faster than the table's) in the tuned file ($SPARSEFLASH_TUNED_FILE, default "
+                    "~/.cache/sparseflash/tuned.json), which later runs on this GPU read.",
+    )  # fmt: skip
+    tune.add_argument("pattern", metavar="PATTERN")
+    _add_sizes(tune, block_is_tile=True)
+    tune.add_argument("--head-dim", type=_positive, default=128, metavar="D", help="head dimension (default 128)")
+    tune.add_argument("--batch", type=_positive, default=1, metavar="B", help="batch size (default 1)")
+    tune.add_argument("--heads", type=_positive, default=16, metavar="H", help="query heads (default 16)")
+    tune.add_argument("--kv-heads", type=_positive, metavar="HKV", help="key/value heads (default: --heads)")
+    tune.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16")
+    tune.add_argument("--forward-only", action="store_true", help="tune the forward's tiles only")
+    tune.add_argument("--max-candidates", type=_positive, metavar="K", help="time at most K candidates an entry")
+    tune.add_argument("--dry-run", action="store_true", help="time and print, keep nothing")  # fmt: skip
     return parser
 
 
@@ -212,7 +232,33 @@ def _explain(args, out) -> int:
     return 0
 
 
-_COMMANDS = {"show": _show, "stats": _stats, "explain": _explain}
+def _tune(args, out) -> int:
+    import torch
+
+    from . import compile_mask
+    from .kernels import tuning
+
+    if not torch.cuda.is_available():
+        raise _UsageError("needs a CUDA GPU: tiles are tuned on the GPU that will run them")
+    kv_heads = args.kv_heads or args.heads
+    if args.heads % kv_heads:
+        raise _UsageError(f"--heads {args.heads} must be a multiple of --kv-heads {kv_heads}")
+    block_m, block_n = _tiles(args)
+    kv_len = args.kv_len or args.q_len
+    mask = compile_mask(args.pattern, args.q_len, kv_len, block_m=block_m, block_n=block_n, device="cuda")
+    dtype = getattr(torch, args.dtype)
+    q = torch.randn(args.batch, args.heads, args.q_len, args.head_dim, device="cuda", dtype=dtype)
+    k, v = (torch.randn(args.batch, kv_heads, kv_len, args.head_dim, device="cuda", dtype=dtype) for _ in range(2))
+    report = lambda line: print(line, file=out, flush=True)  # noqa: E731
+    results = tuning.tune(q, k, v, mask, backward=not args.forward_only, max_candidates=args.max_candidates,
+                          save=not args.dry_run, report=report)  # fmt: skip
+    for entry, result in results.items():
+        report(f"{entry}: {result['config']}")
+    report("kept nothing (--dry-run)" if args.dry_run else f"kept in {tuning.tuned_file()}")
+    return 0
+
+
+_COMMANDS = {"show": _show, "stats": _stats, "explain": _explain, "tune": _tune}
 
 
 def main(argv: list[str] | None = None) -> int:

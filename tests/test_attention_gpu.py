@@ -283,6 +283,40 @@ def test_tiles_over_the_gpus_shared_memory_run_with_fewer_stages(monkeypatch, fr
     assert any("_attention_forward_kernel" in m for m in messages) and any("_attention_backward_dkdv_kernel" in m for m in messages), messages
 
 
+def test_tune_keeps_tiles_that_later_launches_take(tmp_path, monkeypatch, fresh_launches):
+    """``sparseflash tune`` on this GPU (kernels/tuning.py) times candidates for the table entries
+    a problem uses and writes its choices; launches then take a tuned file's tiles, and are right."""
+    import json
+    from dataclasses import replace
+
+    from sparseflash.kernels import common, tuning
+
+    path = tmp_path / "tuned.json"
+    monkeypatch.setenv(tuning.TUNED_FILE_VARIABLE, str(path))
+    tuning.forget_file_choices()
+    try:
+        case = ("causal", 1, 4, 2, 2048, 2048, 64, torch.bfloat16)
+        q, k, v, dout, dlse = make_inputs(*case[1:], seed=23)
+        mask = sparseflash.compile_mask("causal", 2048, device="cuda")
+        lines = []
+        results = tuning.tune(q, k, v, mask, max_candidates=3, report=lines.append)
+        print("\n".join(lines))
+        kept = json.loads(path.read_text())[tuning.gpu_key(q.device)]
+        assert set(kept) == set(results) and {entry.split()[0] for entry in kept} == {"forward", "backward"}, kept
+        assert all(result["ms"] <= result["table_ms"] for result in results.values()), results
+        # Tiles from a tuned file are what launches take.
+        entry, table = common.forward_table_entry(64, torch.bfloat16, mask, common.shared_memory_per_block(q.device))
+        other = replace(table, block_n=32, num_stages=2)
+        assert other != table
+        path.write_text(json.dumps({tuning.gpu_key(q.device): {entry: tuning.config_fields(other)}}))
+        tuning.forget_file_choices()
+        assert common.default_forward_config(64, torch.bfloat16, mask, common.shared_memory_per_block(q.device), q.device) == other
+        allowed = sparseflash.parse("causal").dense_mask(2048, 2048, device="cuda")
+        check_case(_case_id(case) + " tuned file", lambda *t: attention(*t, mask, return_lse=True), q, k, v, dout, dlse, allowed)
+    finally:
+        tuning.forget_file_choices()
+
+
 def test_deterministic_backward_on_gpu():
     q, k, v, dout, dlse = make_inputs(1, 8, 2, 4096, 4096, 128, torch.bfloat16, seed=3)
     run = lambda *t: attention(*t, "local(256)+global(4)", return_lse=True)  # noqa: E731

@@ -1,0 +1,230 @@
+"""Tiles tuned on the GPU at hand, cached per GPU and Triton version.
+
+The tables in :mod:`.common` were measured on an H200; another GPU may want other tiles, warps or
+stages. ``sparseflash tune`` (:func:`tune`) runs a problem once to see which table entries it uses
+(say ``forward D128 16-bit dense``), times candidates around each entry on this GPU, checks each
+candidate's results against the entry's own, and keeps the fastest in a JSON file:
+``$SPARSEFLASH_TUNED_FILE``, by default ``~/.cache/sparseflash/tuned.json``, keyed by the GPU's
+name and the Triton version. Launches on that GPU then take the kept tiles for that entry
+(:func:`choice`, read once a process). Entries the file lacks keep the tables. Nothing on the CPU
+reads it, so the interpreter's tests stay pinned to the tables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import torch
+import triton
+
+from .common import ForwardConfig, Schedule
+
+TUNED_FILE_VARIABLE = "SPARSEFLASH_TUNED_FILE"
+# A candidate replaces the table's entry only when this much faster (do_bench medians vary by ~1%).
+MIN_GAIN = 0.02
+
+_lock = threading.Lock()
+_file_choices: dict | None = None  # the file's {GPU key: {entry: config fields}}, read once
+_trial: dict = {}  # (GPU key, entry) -> config: what tune() is timing
+_seen: list | None = None  # entries asked for while tune() watches: [(entry, table config)]
+
+
+def tuned_file() -> Path:
+    """Where tuned tiles are kept."""
+    return Path(os.environ.get(TUNED_FILE_VARIABLE) or Path.home() / ".cache" / "sparseflash" / "tuned.json")
+
+
+@functools.lru_cache(maxsize=None)
+def _gpu_key(index: int) -> str:
+    return f"{torch.cuda.get_device_name(index)} | triton {triton.__version__}"
+
+
+def gpu_key(device: torch.device) -> str:
+    """The GPU's name and the Triton version: what a tuned choice holds for."""
+    return _gpu_key(torch.cuda.current_device() if device.index is None else device.index)
+
+
+def choice(entry: str, table_config, device: torch.device | None):
+    """The config for table entry ``entry`` on ``device``: the one tuned for this GPU if any, else
+    ``table_config``."""
+    if _seen is not None:
+        _seen.append((entry, table_config))
+    if device is None or device.type != "cuda":
+        return table_config
+    key = gpu_key(device)
+    trial = _trial.get((key, entry))
+    if trial is not None:
+        return trial
+    fields = _read_choices().get(key, {}).get(entry)
+    return table_config if fields is None else config_from_fields(type(table_config), fields)
+
+
+def forget_file_choices() -> None:
+    """Read the tuned file again at the next launch prepared (after it changed)."""
+    global _file_choices
+    _file_choices = None
+
+
+def _read_choices() -> dict:
+    global _file_choices
+    if _file_choices is None:
+        path = tuned_file()
+        try:
+            _file_choices = json.loads(path.read_text()) if path.exists() else {}
+        except (OSError, ValueError) as error:
+            raise RuntimeError(f"sparseflash: cannot read the tuned tiles in {path} ({error}); fix or delete it, or set {TUNED_FILE_VARIABLE}") from error
+    return _file_choices
+
+
+def config_fields(config) -> dict:
+    """A config as JSON-ready fields (a schedule, if set, as its own fields)."""
+    return dataclasses.asdict(config)
+
+
+def config_from_fields(kind: type, fields: dict):
+    """The inverse of :func:`config_fields`; unknown fields (a newer file) are an error."""
+    fields = dict(fields)
+    if fields.get("schedule") is not None:
+        fields["schedule"] = Schedule(**fields["schedule"])
+    return kind(**fields)
+
+
+# ------------------------------------------------------------------------------------------ tuning
+
+
+def candidates(table_config, mask) -> list:
+    """Configs around ``table_config`` to time: one pipeline stage more and fewer, the other warp
+    count, and the streamed and held tiles halved and doubled (within the mask's blocks, 16 to
+    128). The table's own comes first."""
+    out = [table_config]
+
+    def add(**change):
+        config = dataclasses.replace(table_config, **change)
+        if config not in out:
+            out.append(config)
+
+    for stages in (table_config.num_stages - 1, table_config.num_stages + 1):
+        if 1 <= stages <= 4:
+            add(num_stages=stages)
+    add(num_warps=4 if table_config.num_warps == 8 else 8)
+
+    def sizes(tile: int, mask_block: int) -> list:
+        return [t for t in (tile // 2, tile * 2) if 16 <= t <= min(128, mask_block)]
+
+    if isinstance(table_config, ForwardConfig):
+        for block_n in sizes(table_config.block_n, mask.block_n):
+            add(block_n=block_n)
+        for block_m in sizes(table_config.block_m, mask.block_m):
+            add(block_m=block_m)
+    else:  # dK/dV streams block_m1 queries and holds block_n1 keys; dQ the other way round
+        for streamed in sizes(table_config.block_m1, min(mask.block_m, mask.block_n)):
+            add(block_m1=streamed, block_n2=streamed)
+        for held in sizes(table_config.block_n1, min(mask.block_m, mask.block_n)):
+            add(block_n1=held, block_m2=held)
+    return out
+
+
+def _difference(got, reference) -> float:
+    """Largest difference relative to the largest value, over outputs; the reference's infinities
+    (lse -inf: rows with no key) must be matched exactly, and a NaN is an infinite difference."""
+    worst = 0.0
+    for g, r in zip(got, reference):
+        g, r = g.float(), r.float()
+        finite = torch.isfinite(r)
+        if not torch.equal(finite, torch.isfinite(g)) or not torch.equal(g[~finite], r[~finite]):
+            return float("inf")
+        if finite.any():
+            worst = max(worst, ((g - r)[finite].abs().max() / r[finite].abs().max().clamp_min(1e-30)).item())
+    return worst
+
+
+def tune(q, k, v, mask, scale: float | None = None, *, backward: bool = True, max_candidates: int | None = None, save: bool = True, report=print) -> dict:
+    """Tune the table entries that attention over ``mask`` with these inputs uses, on their GPU.
+
+    For each entry (forward, and backward if ``backward``), times :func:`candidates` (at most
+    ``max_candidates`` of them) through the launchers as they run (``do_bench`` medians), skipping
+    candidates that do not compile or fit and refusing any whose results differ from the entry's
+    by more than rounding (2% of the largest value in 16-bit, 1e-4 in float32). Keeps the fastest
+    if at least MIN_GAIN faster than the table, else the table's, and with ``save`` writes the
+    choices into :func:`tuned_file`. Returns {entry: {"config", "ms", "table_ms"}}.
+    """
+    from .backward import attention_backward
+    from .forward import attention_forward
+    from .launch import clear_prepared_launches
+
+    global _seen
+    if not q.is_cuda:
+        raise ValueError(f"tune: the inputs must be on a CUDA GPU, got {q.device}")
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    key = gpu_key(q.device)
+    tolerance = 2e-2 if q.dtype in (torch.float16, torch.bfloat16) else 1e-4
+    dout = torch.randn_like(q)
+    out, lse = attention_forward(q, k, v, mask, scale)
+    passes = {"forward": lambda: attention_forward(q, k, v, mask, scale)}
+    if backward:
+        passes["backward"] = lambda: attention_backward(dout, q, k, v, out, lse, mask, scale)
+    results = {}
+    with _lock:
+        for kind, run in passes.items():
+            clear_prepared_launches()
+            _seen = []
+            try:
+                reference = run()
+                entries = dict(_seen)
+            finally:
+                _seen = None
+            for entry, table_config in entries.items():
+                if not entry.startswith(kind):
+                    continue
+                results[entry] = _tune_entry(key, entry, table_config, mask, run, reference, tolerance, max_candidates, report)
+        clear_prepared_launches()
+        if save:
+            _save(key, {entry: result["config"] for entry, result in results.items()})
+    return results
+
+
+def _tune_entry(key: str, entry: str, table_config, mask, run, reference, tolerance: float, max_candidates, report) -> dict:
+    from .launch import clear_prepared_launches
+
+    timed = []
+    start = time.monotonic()
+    for config in candidates(table_config, mask)[:max_candidates]:
+        _trial[key, entry] = config
+        clear_prepared_launches()  # prepared launches are keyed without the tiles tried
+        try:
+            difference = _difference(run(), reference)
+            if difference > tolerance:
+                report(f"{entry}: {config} differs from the table's results by {difference:.1e}: refused")
+                continue
+            ms = triton.testing.do_bench(run, warmup=25, rep=100)
+        except (triton.OutOfResources, triton.CompilationError) as error:
+            report(f"{entry}: {config} does not run here ({str(error).splitlines()[0][:120]})")
+            continue
+        finally:
+            _trial.pop((key, entry), None)
+        timed.append((ms, config))
+        report(f"{entry}: {ms:.3f} ms  {config}")
+    if not timed:
+        report(f"{entry}: no candidate ran; keeping the table's {table_config}")
+        return {"config": table_config, "ms": None, "table_ms": None}
+    table_ms = timed[0][0] if timed[0][1] == table_config else float("inf")
+    ms, best = min(timed, key=lambda pair: pair[0])
+    if ms > table_ms * (1 - MIN_GAIN):
+        ms, best = table_ms, table_config
+    report(f"{entry}: keeping {best} ({ms:.3f} ms; the table's {table_ms:.3f} ms), {time.monotonic() - start:.0f} s")
+    return {"config": best, "ms": ms, "table_ms": table_ms}
+
+
+def _save(key: str, choices: dict) -> None:
+    path = tuned_file()
+    existing = json.loads(path.read_text()) if path.exists() else {}
+    existing.setdefault(key, {}).update({entry: config_fields(config) for entry, config in choices.items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(existing, indent=1, sort_keys=True))
+    forget_file_choices()
