@@ -134,6 +134,9 @@ def line_launch(
 # Launch prepared kernels through their compiled handle after the first call (KernelLauncher).
 # False: every launch goes through Triton's ``kernel[grid](...)``. Benchmarks flip it for A/B runs.
 DIRECT_LAUNCH = True
+# Whether a kernel over the GPU's shared memory is launched again with fewer stages (fewer_stages);
+# False: Triton's OutOfResources is raised (tuning.tune, which must time the config it names).
+STAGE_FALLBACK = True
 
 
 def _triton_runtime():
@@ -206,10 +209,10 @@ def fewer_stages(kernel, constants: dict, error) -> dict:
     """
     stages = constants.get("num_stages", 3)
     name = getattr(kernel, "__name__", None) or getattr(getattr(kernel, "fn", None), "__name__", "kernel")
-    if getattr(error, "name", None) != "shared memory" or stages <= 1:
+    if getattr(error, "name", None) != "shared memory" or stages <= 1 or not STAGE_FALLBACK:
         tiles = ", ".join(f"{key}={value}" for key, value in constants.items() if key.startswith("BLOCK") or key.startswith("num_"))
         raise triton.OutOfResources(
-            error.required, error.limit, f"{error.name} (sparseflash: {name} with {tiles}; no fewer stages to try)"
+            error.required, error.limit, f"{error.name} (sparseflash: {name} with {tiles}{'; no fewer stages to try' if STAGE_FALLBACK else ''})"
         ) from error
     fewer = {**constants, "num_stages": stages - 1}
     warnings.warn(

@@ -130,6 +130,11 @@ def candidates(table_config, mask) -> list:
     return out
 
 
+def describe(config) -> str:
+    """A config's fields that differ from their defaults (the tiles, warps and stages always)."""
+    return " ".join(f"{f.name}={getattr(config, f.name)}" for f in dataclasses.fields(config) if getattr(config, f.name) != f.default)
+
+
 def _difference(got, reference) -> float:
     """Largest difference relative to the largest value, over outputs; the reference's infinities
     (lse -inf: rows with no key) must be matched exactly, and a NaN is an infinite difference."""
@@ -190,34 +195,36 @@ def tune(q, k, v, mask, scale: float | None = None, *, backward: bool = True, ma
 
 
 def _tune_entry(key: str, entry: str, table_config, mask, run, reference, tolerance: float, max_candidates, report) -> dict:
-    from .launch import clear_prepared_launches
+    from . import launch
 
     timed = []
     start = time.monotonic()
     for config in candidates(table_config, mask)[:max_candidates]:
         _trial[key, entry] = config
-        clear_prepared_launches()  # prepared launches are keyed without the tiles tried
+        launch.clear_prepared_launches()  # prepared launches are keyed without the tiles tried
+        launch.STAGE_FALLBACK = False  # a config over the shared memory is refused, not run with fewer stages
         try:
             difference = _difference(run(), reference)
             if difference > tolerance:
-                report(f"{entry}: {config} differs from the table's results by {difference:.1e}: refused")
+                report(f"{entry}: {describe(config)} differs from the table's results by {difference:.1e}: refused")
                 continue
             ms = triton.testing.do_bench(run, warmup=25, rep=100)
         except (triton.OutOfResources, triton.CompilationError) as error:
-            report(f"{entry}: {config} does not run here ({str(error).splitlines()[0][:120]})")
+            report(f"{entry}: {describe(config)} does not run here ({str(error).splitlines()[0][:160]})")
             continue
         finally:
             _trial.pop((key, entry), None)
+            launch.STAGE_FALLBACK = True
         timed.append((ms, config))
-        report(f"{entry}: {ms:.3f} ms  {config}")
+        report(f"{entry}: {ms:.3f} ms  {describe(config)}")
     if not timed:
-        report(f"{entry}: no candidate ran; keeping the table's {table_config}")
+        report(f"{entry}: no candidate ran; keeping the table's {describe(table_config)}")
         return {"config": table_config, "ms": None, "table_ms": None}
     table_ms = timed[0][0] if timed[0][1] == table_config else float("inf")
     ms, best = min(timed, key=lambda pair: pair[0])
     if ms > table_ms * (1 - MIN_GAIN):
         ms, best = table_ms, table_config
-    report(f"{entry}: keeping {best} ({ms:.3f} ms; the table's {table_ms:.3f} ms), {time.monotonic() - start:.0f} s")
+    report(f"{entry}: keeping {describe(best)} ({ms:.3f} ms; the table's {table_ms:.3f} ms), {time.monotonic() - start:.0f} s")
     return {"config": best, "ms": ms, "table_ms": table_ms}
 
 

@@ -253,7 +253,7 @@ def _tune(args, out) -> int:
     results = tuning.tune(q, k, v, mask, backward=not args.forward_only, max_candidates=args.max_candidates,
                           save=not args.dry_run, report=report)  # fmt: skip
     for entry, result in results.items():
-        report(f"{entry}: {result['config']}")
+        report(f"{entry}: {tuning.describe(result['config'])}")
     report("kept nothing (--dry-run)" if args.dry_run else f"kept in {tuning.tuned_file()}")
     return 0
 

@@ -178,6 +178,16 @@ def test_a_kernel_over_the_gpus_shared_memory_runs_with_fewer_stages(runtime):
     assert len(kernel.jit_launches) == 1 and len(kernel.direct_launches) == 1 and kernel.refused == [4, 3]
 
 
+def test_tuning_times_only_configs_that_fit_as_they_are(runtime, monkeypatch):
+    """With launch.STAGE_FALLBACK off (tuning.tune), a config over the shared memory is refused,
+    so a timing never belongs to fewer stages than the config it is reported for."""
+    monkeypatch.setattr(launch, "STAGE_FALLBACK", False)
+    kernel = OversizedKernel(PARAMS, per_stage=40 * 1024, limit=99 * 1024)
+    with pytest.raises(triton.OutOfResources, match="num_stages=3\\)"):
+        KernelLauncher(kernel, (5,), {**CONSTANTS, "num_stages": 3})(*arguments())
+    assert kernel.refused == [3] and not kernel.jit_launches
+
+
 @pytest.mark.parametrize("resource, refused", [("shared memory", [2, 1]), ("threads", [2])])
 def test_a_kernel_that_does_not_fit_raises_naming_its_tiles(runtime, resource, refused):
     """One stage too large, or a resource stages do not change: Triton's error, with the kernel's

@@ -103,3 +103,8 @@ def test_tune_needs_a_gpu(capsys):
     assert "sparseflash tune: error: needs a CUDA GPU" in capsys.readouterr().err
     with pytest.raises(ValueError, match="must be on a CUDA GPU, got cpu"):
         tuning.tune(*(torch.zeros(1, 1, 16, 16) for _ in range(3)), sparseflash.compile_mask("dense", 16))
+
+
+def test_reports_name_only_what_differs_from_the_defaults():
+    assert tuning.describe(ForwardConfig(128, 64, 4, 2, key_spans=True)) == "block_m=128 block_n=64 num_warps=4 num_stages=2 key_spans=True"
+    assert tuning.describe(BackwardConfig(64, 128, 128, 64, 8, 3)) == "block_m1=64 block_n1=128 block_m2=128 block_n2=64 num_warps=8 num_stages=3"
