@@ -305,8 +305,9 @@ PARTIAL_SPAN_ROWS_BACKWARD = {
 # class: the tuned shapes with the streamed tile (keys in the forward and dQ, queries in dK/dV)
 # halved, so two stages fit where one did not. Fitted by cross-compiling for sm_86
 # (benchmarks/experiments/shared_memory_fit.py, results/shared_memory_fit_sm86.txt: 70-88 KB);
-# not timed on such a GPU (none to hand). A config still too large for a GPU loses stages at its
-# first launch (launch.fewer_stages).
+# not timed on such a GPU (none to hand). sm_120 loads tiles through TMA, which the sm_86 check
+# does not cover. A config still too large for a GPU loses stages at its first launch
+# (launch.fewer_stages).
 SMALL_SHARED_MEMORY = 160 * 1024
 SMALL_SHARED_FORWARD = {
     (128, True): ForwardConfig(128, 64, num_warps=8, num_stages=2),

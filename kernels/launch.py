@@ -198,14 +198,15 @@ class KernelLauncher:
 
 def fewer_stages(kernel, constants: dict, error) -> dict:
     """``constants`` with one pipeline stage fewer, after ``error`` (Triton's OutOfResources)
-    refused a kernel compiled with them; re-raises it, naming the tiles, when one stage did not fit.
+    refused a kernel compiled with them; re-raises it, naming the tiles, when one stage did not fit
+    or the fallback is off (STAGE_FALLBACK).
 
-    The default tiles are the H200's (227 KB of shared memory a block). Stages multiply the shared
-    memory of the tiles a loop streams, and Triton checks the total against the GPU only when the
-    kernel first launches, so a GPU with less (A100: 163 KB; RTX 30xx/40xx, L4, L40: 99 KB) gets
-    the same tiles with fewer stages: slower than tuned, same results. Cross-compiled for sm_86
-    (benchmarks/experiments/shared_memory_fit.py), the D=128 dense forward needs 160 KB at three
-    stages and fits at two.
+    Triton checks a kernel's shared memory against the GPU only when it first launches. The tiles
+    are picked for the GPU's shared memory (common.SMALL_SHARED_*), so this is the safety net for
+    what that did not foresee: a GPU not cross-compiled for, a config given by hand or kept by
+    ``sparseflash tune`` on another GPU. Stages multiply the shared memory of the tiles a loop
+    streams: with the H200's tiles on a 99 KB GPU (sm_86), the D=128 dense forward needs 160 KB at
+    three stages and fits at two (benchmarks/experiments/shared_memory_fit.py --tuned).
     """
     stages = constants.get("num_stages", 3)
     name = getattr(kernel, "__name__", None) or getattr(getattr(kernel, "fn", None), "__name__", "kernel")

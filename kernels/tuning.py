@@ -1,11 +1,11 @@
-"""Tiles tuned on the GPU at hand, cached per GPU and Triton version.
+"""Tiles tuned on the GPU at hand, cached per GPU, Triton and sparseflash version.
 
 The tables in :mod:`.common` were measured on an H200; another GPU may want other tiles, warps or
 stages. ``sparseflash tune`` (:func:`tune`) runs a problem once to see which table entries it uses
 (say ``forward D128 16-bit dense``), times candidates around each entry on this GPU, checks each
 candidate's results against the entry's own, and keeps the fastest in a JSON file:
 ``$SPARSEFLASH_TUNED_FILE``, by default ``~/.cache/sparseflash/tuned.json``, keyed by the GPU's
-name and the Triton version. Launches on that GPU then take the kept tiles for that entry
+name and the Triton and sparseflash versions. Launches on that GPU then take the kept tiles for that entry
 (:func:`choice`, read once a process). Entries the file lacks keep the tables. Nothing on the CPU
 reads it, so the interpreter's tests stay pinned to the tables.
 """
@@ -42,11 +42,13 @@ def tuned_file() -> Path:
 
 @functools.lru_cache(maxsize=None)
 def _gpu_key(index: int) -> str:
-    return f"{torch.cuda.get_device_name(index)} | triton {triton.__version__}"
+    from sparseflash import __version__
+
+    return f"{torch.cuda.get_device_name(index)} | triton {triton.__version__} | sparseflash {__version__}"
 
 
 def gpu_key(device: torch.device) -> str:
-    """The GPU's name and the Triton version: what a tuned choice holds for."""
+    """The GPU's name and the Triton and sparseflash versions: what a tuned choice holds for."""
     return _gpu_key(torch.cuda.current_device() if device.index is None else device.index)
 
 
@@ -62,7 +64,13 @@ def choice(entry: str, table_config, device: torch.device | None):
     if trial is not None:
         return trial
     fields = _read_choices().get(key, {}).get(entry)
-    return table_config if fields is None else config_from_fields(type(table_config), fields)
+    if fields is None:
+        return table_config
+    try:
+        return config_from_fields(type(table_config), fields)
+    except (TypeError, ValueError) as error:
+        raise RuntimeError(f"sparseflash: {tuned_file()} holds tiles for {entry!r} that this version cannot read ({error}); "
+                           "run sparseflash tune again or delete the file") from error  # fmt: skip
 
 
 def forget_file_choices() -> None:

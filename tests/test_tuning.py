@@ -108,3 +108,9 @@ def test_tune_needs_a_gpu(capsys):
 def test_reports_name_only_what_differs_from_the_defaults():
     assert tuning.describe(ForwardConfig(128, 64, 4, 2, key_spans=True)) == "block_m=128 block_n=64 num_warps=4 num_stages=2 key_spans=True"
     assert tuning.describe(BackwardConfig(64, 128, 128, 64, 8, 3)) == "block_m1=64 block_n1=128 block_m2=128 block_n2=64 num_warps=8 num_stages=3"
+
+
+def test_tiles_this_version_cannot_read_are_named_in_the_error(tuned_file):
+    tuned_file.write_text(json.dumps({"GPU A": {"forward D128 16-bit dense": {"block_m": 64, "tiles_of_the_future": 3}}}))
+    with pytest.raises(RuntimeError, match="holds tiles for 'forward D128 16-bit dense' that this version cannot read"):
+        common.default_forward_config(128, BF16, sparseflash.compile_mask("dense", 1024), device=torch.device("cuda", 0))
