@@ -459,30 +459,37 @@ def forward_table_entry(head_dim_padded, dtype, mask, shared_memory: int | None 
     """Which entry of the tables above the forward of this mask takes: its name (what
     :mod:`.tuning` caches tuned tiles under) and its config, before clamping to the mask."""
     key = _table_key(head_dim_padded, dtype, row_class(mask))
-    rule, base = key[2], FORWARD_DEFAULTS[key]
-    if shared_memory is not None and shared_memory < SMALL_SHARED_MEMORY and key[:2] in SMALL_SHARED_FORWARD:
-        rule, base = "small_shared", SMALL_SHARED_FORWARD[key[:2]]
-    elif partial_span_rows(mask) and key[:2] in PARTIAL_SPAN_ROWS_FORWARD:
-        rule, base = "partial_spans", PARTIAL_SPAN_ROWS_FORWARD[key[:2]]
-    elif key[2] == "short" and not has_long_lines(mask, by_rows=True):
-        if mask.n_partial == 0 and key[:2] in TWO_PER_SM_FORWARD:
-            rule, base = "two_per_sm", TWO_PER_SM_FORWARD[key[:2]]
-        elif mask.n_partial > 0 and mask.key_spans == 1 and key[:2] in SHORT_SPAN_ROWS_FORWARD:
-            rule, base = "short_spans", SHORT_SPAN_ROWS_FORWARD[key[:2]]
-    return _entry_name("forward", key, rule), base
+    short = key[2] == "short" and not has_long_lines(mask, by_rows=True)
+    return _table_entry("forward", key, FORWARD_DEFAULTS, [
+        ("small_shared", _small_shared_memory(shared_memory), SMALL_SHARED_FORWARD),
+        ("partial_spans", partial_span_rows(mask), PARTIAL_SPAN_ROWS_FORWARD),
+        ("two_per_sm", short and mask.n_partial == 0, TWO_PER_SM_FORWARD),
+        ("short_spans", short and mask.n_partial > 0 and mask.key_spans == 1, SHORT_SPAN_ROWS_FORWARD),
+    ])  # fmt: skip
 
 
 def backward_table_entry(head_dim_padded, dtype, mask, shared_memory: int | None = None) -> tuple[str, BackwardConfig]:
     """As :func:`forward_table_entry`, for the backward."""
     key = _table_key(head_dim_padded, dtype, row_class(mask))
-    rule, base = key[2], BACKWARD_DEFAULTS[key]
-    if shared_memory is not None and shared_memory < SMALL_SHARED_MEMORY and key[:2] in SMALL_SHARED_BACKWARD:
-        rule, base = "small_shared", SMALL_SHARED_BACKWARD[key[:2]]
-    elif partial_span_rows(mask) and key[:2] in PARTIAL_SPAN_ROWS_BACKWARD:
-        rule, base = "partial_spans", PARTIAL_SPAN_ROWS_BACKWARD[key[:2]]
-    elif key[2] == "short" and is_balanced(mask, by_rows=True) and is_balanced(mask, by_rows=False) and key[:2] in EVEN_ROWS_BACKWARD:
-        rule, base = "even_rows", EVEN_ROWS_BACKWARD[key[:2]]
-    return _entry_name("backward", key, rule), base
+    even = key[2] == "short" and is_balanced(mask, by_rows=True) and is_balanced(mask, by_rows=False)
+    return _table_entry("backward", key, BACKWARD_DEFAULTS, [
+        ("small_shared", _small_shared_memory(shared_memory), SMALL_SHARED_BACKWARD),
+        ("partial_spans", partial_span_rows(mask), PARTIAL_SPAN_ROWS_BACKWARD),
+        ("even_rows", even, EVEN_ROWS_BACKWARD),
+    ])  # fmt: skip
+
+
+def _small_shared_memory(shared_memory: int | None) -> bool:
+    return shared_memory is not None and shared_memory < SMALL_SHARED_MEMORY
+
+
+def _table_entry(kind: str, key: tuple, defaults: dict, rules: list) -> tuple[str, object]:
+    """The first of ``rules`` (name, whether it applies, its table) that applies and has an entry
+    for this head dim and dtype, else ``defaults`` by row class: (entry name, config)."""
+    for rule, applies, table in rules:
+        if applies and key[:2] in table:
+            return _entry_name(kind, key, rule), table[key[:2]]
+    return _entry_name(kind, key, key[2]), defaults[key]
 
 
 def _entry_name(kind: str, key: tuple, rule: str) -> str:
