@@ -146,7 +146,7 @@ def _parser() -> argparse.ArgumentParser:
         "tune", help="time kernel tiles for one problem on this GPU and keep the fastest",
         description="Run attention over PATTERN once to see which entries of the tuned tables it uses, "
                     "time candidate tiles, warps and stages around each on this GPU, and keep the fastest "
-                    "(if 2%% faster than the table's) in the tuned file ($SPARSEFLASH_TUNED_FILE, default "
+                    "(if 2% faster than the table's) in the tuned file ($SPARSEFLASH_TUNED_FILE, default "
                     "~/.cache/sparseflash/tuned.json), which later runs on this GPU read.",
     )  # fmt: skip
     tune.add_argument("pattern", metavar="PATTERN")
