@@ -157,24 +157,31 @@ def _difference(got, reference) -> float:
     return worst
 
 
-def tune(q, k, v, mask, scale: float | None = None, *, backward: bool = True, max_candidates: int | None = None, save: bool = True, report=print) -> dict:
-    """Tune the table entries that attention over ``mask`` with these inputs uses, on their GPU.
+def tune(q, k, v, pattern, scale: float | None = None, *, backward: bool = True, max_candidates: int | None = None, save: bool = True, report=print) -> dict:
+    """Tune the table entries that ``sparseflash.attention(q, k, v, pattern, scale=scale)`` uses,
+    on the inputs' GPU.
 
-    For each entry (forward, and backward if ``backward``), times :func:`candidates` (at most
-    ``max_candidates`` of them) through the launchers as they run (``do_bench`` medians), skipping
-    candidates that do not compile or fit and refusing any whose results differ from the entry's
-    by more than rounding (2% of the largest value in 16-bit, 1e-4 in float32). Keeps the fastest
-    if at least MIN_GAIN faster than the table, else the table's, and with ``save`` writes the
-    choices into :func:`tuned_file`. Returns {entry: {"config", "ms", "table_ms"}}.
+    ``pattern``: as for ``attention`` (a string, a Pattern or a BlockMask; a pattern gets the mask
+    blocks ``attention`` picks), checked like ``attention``'s inputs. For each entry (forward, and
+    backward if ``backward``), times :func:`candidates` (at most ``max_candidates`` of them)
+    through the launchers as they run (``do_bench`` medians), skipping candidates that do not
+    compile or fit and refusing any whose results differ from the entry's by more than rounding (2%
+    of the largest value in 16-bit, 1e-4 in float32). Keeps the fastest if at least MIN_GAIN
+    faster than the table, else the table's, and with ``save`` writes the choices into
+    :func:`tuned_file`. Returns {entry: {"config", "ms", "table_ms"}}.
     """
+    from sparseflash.attention import _block_mask_for, _check_kernel_mask, _check_scale, _check_tensors
+
     from .backward import attention_backward
     from .forward import attention_forward
-    from .launch import clear_prepared_launches
 
     global _seen
+    _check_tensors(q, k, v)
     if not q.is_cuda:
         raise ValueError(f"tune: the inputs must be on a CUDA GPU, got {q.device}")
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scale = _check_scale(scale, q.shape[-1])
+    mask = _block_mask_for(pattern, q.shape[2], k.shape[2], None, None, q.device)
+    _check_kernel_mask(mask)
     key = gpu_key(q.device)
     tolerance = 2e-2 if q.dtype in (torch.float16, torch.bfloat16) else 1e-4
     dout = torch.randn_like(q)
@@ -185,7 +192,7 @@ def tune(q, k, v, mask, scale: float | None = None, *, backward: bool = True, ma
     results = {}
     with _lock:
         for kind, run in passes.items():
-            clear_prepared_launches()
+            _clear_prepared_launches()
             _seen = []
             try:
                 reference = run()
@@ -196,10 +203,16 @@ def tune(q, k, v, mask, scale: float | None = None, *, backward: bool = True, ma
                 if not entry.startswith(kind):
                     continue
                 results[entry] = _tune_entry(key, entry, table_config, mask, run, reference, tolerance, max_candidates, report)
-        clear_prepared_launches()
+        _clear_prepared_launches()
         if save:
             _save(key, {entry: result["config"] for entry, result in results.items()})
     return results
+
+
+def _clear_prepared_launches() -> None:
+    from .launch import clear_prepared_launches
+
+    clear_prepared_launches()
 
 
 def _tune_entry(key: str, entry: str, table_config, mask, run, reference, tolerance: float, max_candidates, report) -> dict:
@@ -238,7 +251,8 @@ def _tune_entry(key: str, entry: str, table_config, mask, run, reference, tolera
 
 def _save(key: str, choices: dict) -> None:
     path = tuned_file()
-    existing = json.loads(path.read_text()) if path.exists() else {}
+    forget_file_choices()
+    existing = _read_choices()  # a broken file is named, not overwritten
     existing.setdefault(key, {}).update({entry: config_fields(config) for entry, config in choices.items()})
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(existing, indent=1, sort_keys=True))

@@ -243,14 +243,16 @@ def _tune(args, out) -> int:
     kv_heads = args.kv_heads or args.heads
     if args.heads % kv_heads:
         raise _UsageError(f"--heads {args.heads} must be a multiple of --kv-heads {kv_heads}")
-    block_m, block_n = _tiles(args)
     kv_len = args.kv_len or args.q_len
-    mask = compile_mask(args.pattern, args.q_len, kv_len, block_m=block_m, block_n=block_n, device="cuda")
+    pattern = args.pattern  # mask blocks as attention() picks them, unless given
+    if args.tile is not None or args.block_m is not None or args.block_n is not None:
+        block_m, block_n = _tiles(args)
+        pattern = compile_mask(args.pattern, args.q_len, kv_len, block_m=block_m, block_n=block_n, device="cuda")
     dtype = getattr(torch, args.dtype)
     q = torch.randn(args.batch, args.heads, args.q_len, args.head_dim, device="cuda", dtype=dtype)
     k, v = (torch.randn(args.batch, kv_heads, kv_len, args.head_dim, device="cuda", dtype=dtype) for _ in range(2))
     report = lambda line: print(line, file=out, flush=True)  # noqa: E731
-    results = tuning.tune(q, k, v, mask, backward=not args.forward_only, max_candidates=args.max_candidates,
+    results = tuning.tune(q, k, v, pattern, backward=not args.forward_only, max_candidates=args.max_candidates,
                           save=not args.dry_run, report=report)  # fmt: skip
     for entry, result in results.items():
         report(f"{entry}: {tuning.describe(result['config'])}")

@@ -299,7 +299,7 @@ def test_tune_keeps_tiles_that_later_launches_take(tmp_path, monkeypatch, fresh_
         q, k, v, dout, dlse = make_inputs(*case[1:], seed=23)
         mask = sparseflash.compile_mask("causal", 2048, device="cuda")
         lines = []
-        results = tuning.tune(q, k, v, mask, max_candidates=3, report=lines.append)
+        results = tuning.tune(q, k, v, "causal", max_candidates=3, report=lines.append)
         print("\n".join(lines))
         kept = json.loads(path.read_text())[tuning.gpu_key(q.device)]
         assert set(kept) == set(results) and {entry.split()[0] for entry in kept} == {"forward", "backward"}, kept

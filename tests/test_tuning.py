@@ -102,7 +102,15 @@ def test_tune_needs_a_gpu(capsys):
     assert cli_main(["tune", "dense", "--len", "1k"]) == 2
     assert "sparseflash tune: error: needs a CUDA GPU" in capsys.readouterr().err
     with pytest.raises(ValueError, match="must be on a CUDA GPU, got cpu"):
-        tuning.tune(*(torch.zeros(1, 1, 16, 16) for _ in range(3)), sparseflash.compile_mask("dense", 16))
+        tuning.tune(*(torch.zeros(1, 1, 16, 16) for _ in range(3)), "dense")
+
+
+def test_tune_checks_its_inputs_as_attention_does():
+    q = torch.zeros(1, 1, 16, 16)
+    with pytest.raises(ValueError, match="k must have 4 dimensions"):
+        tuning.tune(q, torch.zeros(1, 16, 16), q, "dense")
+    with pytest.raises(ValueError, match="same dtype"):
+        tuning.tune(q, q.half(), q, "dense")
 
 
 def test_reports_name_only_what_differs_from_the_defaults():
