@@ -29,6 +29,10 @@ TUNED_FILE_VARIABLE = "SPARSEFLASH_TUNED_FILE"
 # A candidate replaces the table's entry only when this much faster (do_bench medians vary by ~1%).
 MIN_GAIN = 0.02
 
+class TunedFileError(RuntimeError):
+    """The tuned file cannot be read (not JSON, or tiles this version does not know)."""
+
+
 _lock = threading.Lock()
 _file_choices: dict | None = None  # the file's {GPU key: {entry: config fields}}, read once
 _trial: dict = {}  # (GPU key, entry) -> config: what tune() is timing
@@ -69,7 +73,7 @@ def choice(entry: str, table_config, device: torch.device | None):
     try:
         return config_from_fields(type(table_config), fields)
     except (TypeError, ValueError) as error:
-        raise RuntimeError(f"sparseflash: {tuned_file()} holds tiles for {entry!r} that this version cannot read ({error}); "
+        raise TunedFileError(f"sparseflash: {tuned_file()} holds tiles for {entry!r} that this version cannot read ({error}); "
                            "run sparseflash tune again or delete the file") from error  # fmt: skip
 
 
@@ -86,7 +90,7 @@ def _read_choices() -> dict:
         try:
             _file_choices = json.loads(path.read_text()) if path.exists() else {}
         except (OSError, ValueError) as error:
-            raise RuntimeError(f"sparseflash: cannot read the tuned tiles in {path} ({error}); fix or delete it, or set {TUNED_FILE_VARIABLE}") from error
+            raise TunedFileError(f"sparseflash: cannot read the tuned tiles in {path} ({error}); fix or delete it, or set {TUNED_FILE_VARIABLE}") from error
     return _file_choices
 
 

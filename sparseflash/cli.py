@@ -252,8 +252,13 @@ def _tune(args, out) -> int:
     q = torch.randn(args.batch, args.heads, args.q_len, args.head_dim, device="cuda", dtype=dtype)
     k, v = (torch.randn(args.batch, kv_heads, kv_len, args.head_dim, device="cuda", dtype=dtype) for _ in range(2))
     report = lambda line: print(line, file=out, flush=True)  # noqa: E731
-    results = tuning.tune(q, k, v, pattern, backward=not args.forward_only, max_candidates=args.max_candidates,
-                          save=not args.dry_run, report=report)  # fmt: skip
+    try:
+        results = tuning.tune(q, k, v, pattern, backward=not args.forward_only, max_candidates=args.max_candidates,
+                              save=not args.dry_run, report=report)  # fmt: skip
+    except (ValueError, tuning.TunedFileError) as error:  # a head dim out of range, an unreadable tuned file
+        if isinstance(error, PatternError):
+            raise
+        raise _UsageError(str(error)) from None
     for entry, result in results.items():
         report(f"{entry}: {tuning.describe(result['config'])}")
     report("kept nothing (--dry-run)" if args.dry_run else f"kept in {tuning.tuned_file()}")
